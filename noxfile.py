@@ -1,0 +1,79 @@
+"""Koi's test entry point: `nox` runs lint and every package's tests, each in a fresh venv.
+
+Each package is tested in a venv holding only its declared dependencies (siblings installed
+editable from their folders), so a missing dependency fails here, not in a user's install.
+On a machine without an NVIDIA GPU, torch is pinned to the CPU build through
+constraints/cpu.txt and Triton kernels run in the interpreter (TRITON_INTERPRET=1); on a GPU
+machine nothing is pinned and the same tests run on the card.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import nox
+
+nox.options.sessions = ["lint", "schema", "tests"]
+nox.options.default_venv_backend = "venv"
+
+PACKAGES = {
+    "koi-tokenizer": [],
+    "koi-quant": [],
+    "koi-kernels": ["koi-quant"],
+    "koi-eval": ["koi-tokenizer"],
+    "koi-train": ["koi-tokenizer", "koi-quant", "koi-kernels", "koi-eval"],
+}
+KOI_IMPORTS = {name: name.replace("-", "_") for name in PACKAGES}
+
+
+def has_gpu() -> bool:
+    if os.environ.get("KOI_FORCE_CPU"):
+        return False
+    smi = shutil.which("nvidia-smi")
+    return bool(smi) and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+
+
+def constraint_args() -> list[str]:
+    return [] if has_gpu() else ["-c", "constraints/cpu.txt"]
+
+
+def test_env() -> dict[str, str]:
+    return {} if has_gpu() else {"TRITON_INTERPRET": "1"}
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over every package, the benches and this file."""
+    session.install("-c", "constraints/tools.txt", "ruff")
+    session.run("ruff", "check", "packages", "bench", "noxfile.py")
+
+
+@nox.session
+@nox.parametrize("package", list(PACKAGES))
+def tests(session: nox.Session, package: str) -> None:
+    """One package's tests in a venv with only that package's dependencies."""
+    siblings = [arg for dep in PACKAGES[package] for arg in ("-e", f"packages/{dep}")]
+    session.install(*constraint_args(), *siblings, "-e", f"packages/{package}[test]")
+    others = [KOI_IMPORTS[p] for p in PACKAGES if p != package and p not in PACKAGES[package]]
+    # The package must work without the koi packages it does not declare.
+    session.run("python", "-c", f"import importlib.util as u; extra = [m for m in {others!r} if u.find_spec(m)]; "
+                "assert not extra, f'undeclared koi packages installed: {extra}'")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", f"packages/{package}/tests", *session.posargs, env=test_env())
+
+
+@nox.session
+def schema(session: nox.Session) -> None:
+    """The JSON Schema is valid and the typed config mirrors it key for key, default for default."""
+    session.install(*constraint_args(), "-e", "packages/koi-tokenizer", "-e", "packages/koi-quant", "-e", "packages/koi-kernels",
+                    "-e", "packages/koi-eval", "-e", "packages/koi-train[test]")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "packages/koi-train/tests/test_schema.py", env=test_env())
+
+
+@nox.session
+@nox.parametrize("package", list(PACKAGES))
+def wheel(session: nox.Session, package: str) -> None:
+    """Build a package's wheel (what a release would upload)."""
+    session.install("-c", "constraints/tools.txt", "build")
+    session.run("python", "-m", "build", "--wheel", "--outdir", "dist", f"packages/{package}")

@@ -1,0 +1,12 @@
+"""koi-kernels: fused Triton kernels, each with a torch reference and an autograd wrapper.
+
+    from koi_kernels import rms_norm
+    y, h = rms_norm(x, weight, residual=r)   # Triton on CUDA, torch reference elsewhere
+"""
+
+from .dispatch import kernel_mode, use_triton
+from .ops.norm_reference import layer_norm_reference, rms_norm_reference
+from .ops.norms import layer_norm, rms_norm
+
+__version__ = "0.1.0"
+__all__ = ["kernel_mode", "layer_norm", "layer_norm_reference", "rms_norm", "rms_norm_reference", "use_triton"]

@@ -1,0 +1,22 @@
+"""koi-quant: low-bit formats, tile/group scales, bit packing and straight-through training.
+
+    from koi_quant import quantize_, memory_table
+    quantize_(model, {"*.mlp.*": "ternary", "*.attn.*": "int8"})
+    print(memory_table(model))
+"""
+
+from .formats import FLOAT_FORMATS, FORMATS, NF4_LEVELS, QuantFormat, format_bytes_per_param, get_format
+from .granularity import PER_ROW, PER_TENSOR, Granularity, per_group, per_tile
+from .modules import QuantLinear, quantize_
+from .packing import pack_bits, pack_trits, unpack_bits, unpack_trits
+from .quantize import QuantizedTensor, fake_quantize, quantize
+from .report import memory_table
+from .ste import fake_quantize_ste, quantize_activations_int8
+
+__version__ = "0.1.0"
+__all__ = [
+    "FLOAT_FORMATS", "FORMATS", "Granularity", "NF4_LEVELS", "PER_ROW", "PER_TENSOR", "QuantFormat", "QuantLinear",
+    "QuantizedTensor", "fake_quantize", "fake_quantize_ste", "format_bytes_per_param", "get_format", "memory_table",
+    "pack_bits", "pack_trits", "per_group", "per_tile", "quantize", "quantize_", "quantize_activations_int8",
+    "unpack_bits", "unpack_trits",
+]

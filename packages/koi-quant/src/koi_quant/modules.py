@@ -1,0 +1,93 @@
+"""`QuantLinear` and `quantize_`: swap a model's Linear layers for quantized ones, by name.
+
+QuantLinear keeps the latent weight as a normal float Parameter named ``weight`` (so optimizers,
+checkpoints and tied embeddings see no difference) and computes with its quantized value.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .formats import FLOAT_FORMATS, QuantFormat, get_format
+from .granularity import PER_ROW, Granularity, per_group
+from .ste import fake_quantize_ste, quantize_activations_int8
+
+
+class QuantLinear(nn.Linear):
+    """A Linear whose forward uses fake-quantized weights (and optionally int8 activations)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, format: str,
+                 granularity: Granularity = PER_ROW, quantize_activations: bool = False, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.format: QuantFormat = get_format(format)
+        self.granularity = granularity
+        self.quantize_activations = quantize_activations
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, format: str, granularity: Granularity = PER_ROW,
+                    quantize_activations: bool = False) -> QuantLinear:
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.weight = linear.weight  # the same Parameter: tying and optimizer state survive the swap
+        new.bias = linear.bias
+        new.format, new.granularity, new.quantize_activations = get_format(format), granularity, quantize_activations
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = fake_quantize_ste(self.weight, self.format, self.granularity)
+        if self.quantize_activations:
+            x = quantize_activations_int8(x)
+        return F.linear(x, w.to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, format={self.format.name}, granularity={self.granularity.kind}"
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def quantize_(
+    model: nn.Module,
+    plan: Mapping[str, str],
+    *,
+    group_size: int | None = None,
+    quantize_activations: bool = False,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+) -> dict[str, list[str]]:
+    """Swap, in place, each nn.Linear whose name matches a plan pattern for a `QuantLinear`.
+
+    ``plan`` maps fnmatch patterns to formats, first match wins; float formats (bf16, fp32) keep
+    matching modules as they are. Returns pattern -> module names. A pattern matching no Linear is
+    an error, since a typo would otherwise silently train in full precision.
+    """
+    for fmt in plan.values():
+        if fmt not in FLOAT_FORMATS:
+            get_format(fmt)
+    granularity = per_group(group_size) if group_size else PER_ROW
+    matched: dict[str, list[str]] = {pattern: [] for pattern in plan}
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or (filter_fn is not None and not filter_fn(module, name)):
+            continue
+        pattern = next((p for p in plan if fnmatch.fnmatchcase(name, p)), None)
+        if pattern is None:
+            continue
+        matched[pattern].append(name)
+        fmt = plan[pattern]
+        if fmt in FLOAT_FORMATS:
+            continue
+        _set_module(model, name, QuantLinear.from_linear(module, format=fmt, granularity=granularity,
+                                                          quantize_activations=quantize_activations))
+    empty = [p for p, names in matched.items() if not names]
+    if empty:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:4]
+        raise ValueError(f"pattern {empty[0]!r} matches no Linear module (Linear names look like: {', '.join(linears)})")
+    return matched

@@ -1,0 +1,101 @@
+"""Straight-through gradients, QuantLinear and quantize_ on a small model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from koi_quant import QuantLinear, fake_quantize, fake_quantize_ste, memory_table, quantize_, quantize_activations_int8
+from torch import nn
+
+
+def test_ste_gradient_is_identity_inside_and_zero_outside_clip_range():
+    w = torch.tensor([[0.1, -0.2, 0.05, 3.0, -0.15, 0.12, -0.08, 0.02]], requires_grad=True)
+    q = fake_quantize_ste(w, "ternary")
+    q.backward(torch.ones_like(q))
+    scale = w.detach().abs().mean()
+    inside = (w.detach().abs() <= 1.5 * scale).float()
+    assert torch.equal(w.grad, inside)
+    assert w.grad[0, 3] == 0 and w.grad[0, 0] == 1  # the outlier is clipped, the small weight is not
+
+
+def test_ste_forward_equals_fake_quantize():
+    w = torch.randn(24, 40) * 0.02
+    for fmt in ("int4", "int8_asym", "binary", "fp8"):
+        torch.testing.assert_close(fake_quantize_ste(w, fmt), fake_quantize(w, fmt), rtol=0, atol=0)
+
+
+def test_int8_absmax_passes_gradient_everywhere():
+    w = (torch.randn(16, 32) * 0.02).requires_grad_()
+    fake_quantize_ste(w, "int8").sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_activation_int8_per_token():
+    x = torch.randn(4, 7, 64, requires_grad=True)
+    y = quantize_activations_int8(x)
+    step = x.detach().abs().amax(-1, keepdim=True) / 127
+    assert bool(((x.detach() - y.detach()).abs() <= step / 2 + 1e-7).all())
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 32)
+        self.attn = nn.ModuleDict({"qkv": nn.Linear(32, 96), "out": nn.Linear(32, 32)})
+        self.mlp = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+        self.lm_head = nn.Linear(32, 50, bias=False)
+        self.lm_head.weight = self.embed.weight
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        x = x + self.attn["out"](self.attn["qkv"](x)[..., :32])
+        return self.lm_head(x + self.mlp(x))
+
+
+def test_quantize_swaps_by_pattern_and_leaves_the_rest():
+    model = Tiny()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    swapped = quantize_(model, {"attn.*": "int8", "mlp.*": "ternary", "lm_head": "bf16"})
+    assert swapped == {"attn.*": ["attn.qkv", "attn.out"], "mlp.*": ["mlp.0", "mlp.2"], "lm_head": ["lm_head"]}
+    assert isinstance(model.attn["qkv"], QuantLinear) and model.attn["qkv"].format.name == "int8"
+    assert isinstance(model.mlp[2], QuantLinear) and model.mlp[2].format.name == "ternary"
+    assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.embed.weight
+    after = dict(model.named_parameters())
+    assert before.keys() == after.keys()  # same names: checkpoints and optimizers are unaffected
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_quantized_model_trains_with_latent_weights():
+    torch.manual_seed(0)
+    model = Tiny()
+    quantize_(model, {"attn.*": "int4", "mlp.*": "ternary"})
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    idx = torch.randint(0, 50, (8, 16))
+    losses = []
+    for _ in range(60):
+        loss = nn.functional.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+    assert model.mlp[0].weight.dtype == torch.float32  # the latent weight stays in float
+
+
+def test_pattern_matching_nothing_is_an_error():
+    with pytest.raises(ValueError, match=r"'blocks\.\*' matches no Linear module"):
+        quantize_(Tiny(), {"attn.*": "int8", "blocks.*": "int4"})
+    with pytest.raises(ValueError, match="unknown format 'int3'"):
+        quantize_(Tiny(), {"attn.*": "int3"})
+
+
+def test_memory_table_counts_each_parameter_once():
+    model = Tiny()
+    quantize_(model, {"mlp.*": "int4"})
+    table = memory_table(model)
+    total = sum(p.numel() for p in model.parameters())
+    assert f"{total:,}" in table.splitlines()[-1]
+    int4_row = next(line for line in table.splitlines() if line.startswith("int4"))
+    assert f"{32 * 64 * 2:,}" in int4_row

@@ -1,0 +1,34 @@
+"""koi-tokenizer: GPT-2-exact byte-level BPE, BPE training, and llm.c token shards.
+
+    from koi_tokenizer import Tokenizer
+    tok = Tokenizer.from_gpt2_files("vocab.json", "merges.txt")
+    ids = tok.encode("Hello world"); text = tok.decode(ids)
+"""
+
+from .errors import DisallowedSpecialTokenError, ShardError, TokenizerFileError
+from .reference import ReferenceBPE
+from .sharding import ShardResult, is_val_document, shard_documents, shard_files
+from .shards import read_shard, write_shard
+from .sources import expand_inputs, read_text, split_documents
+from .tokenizer import EOT_TOKEN, Tokenizer
+from .training import train_bpe
+
+__version__ = "0.1.0"
+__all__ = [
+    "EOT_TOKEN",
+    "DisallowedSpecialTokenError",
+    "ReferenceBPE",
+    "ShardError",
+    "ShardResult",
+    "Tokenizer",
+    "TokenizerFileError",
+    "expand_inputs",
+    "read_shard",
+    "read_text",
+    "split_documents",
+    "is_val_document",
+    "shard_documents",
+    "shard_files",
+    "train_bpe",
+    "write_shard",
+]

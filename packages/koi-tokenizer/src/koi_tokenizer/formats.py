@@ -1,0 +1,208 @@
+"""Readers and writers for the tokenizer files Koi understands.
+
+Every reader returns the same three things: ``vocab`` (token bytes -> id), ``merges`` (ranked
+pairs of token bytes) and ``special_tokens`` (text -> id). Each check names the file and the
+place in it, because a corrupted vocabulary otherwise shows up much later as garbage tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import atomic_write_bytes
+from .byte_level import token_text_to_bytes
+from .errors import TokenizerFileError
+
+KOI_FORMAT = "koi-bpe"
+KOI_FORMAT_VERSION = 1
+
+
+@dataclass
+class BPEData:
+    vocab: dict[bytes, int]
+    merges: list[tuple[bytes, bytes]]
+    special_tokens: dict[str, int] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TokenizerFileError(path, "file", "not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TokenizerFileError(path, "contents", f"expected JSON, got invalid text ({exc})") from None
+
+
+def _check_merges(path: Path, vocab: dict[bytes, int], merges: list[tuple[bytes, bytes]]) -> None:
+    for rank, (left, right) in enumerate(merges):
+        for part in (left, right, left + right):
+            if part not in vocab:
+                raise TokenizerFileError(
+                    path, f"merge {rank}", f"token {part!r} of merge ({left!r}, {right!r}) is not in the vocabulary"
+                )
+
+
+def _text_tokens_to_bytes(path: Path, where: str, text: str) -> bytes:
+    try:
+        return token_text_to_bytes(text)
+    except KeyError:
+        raise TokenizerFileError(path, where, f"token {text!r} is not byte-level BPE text") from None
+
+
+def read_gpt2_files(vocab_path: str | Path, merges_path: str | Path) -> BPEData:
+    """GPT-2's ``vocab.json``/``encoder.json`` with ``merges.txt``/``vocab.bpe``."""
+    vocab_path, merges_path = Path(vocab_path), Path(merges_path)
+    raw = _read_json(vocab_path)
+    if not isinstance(raw, dict) or not all(isinstance(v, int) for v in raw.values()):
+        raise TokenizerFileError(vocab_path, "contents", "expected a JSON object of token -> integer id")
+    vocab: dict[bytes, int] = {}
+    special: dict[str, int] = {}
+    for text, idx in raw.items():
+        if text.startswith("<|") and text.endswith("|>"):
+            special[text] = idx
+        else:
+            vocab[_text_tokens_to_bytes(vocab_path, f"token {text!r}", text)] = idx
+    try:
+        lines = merges_path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise TokenizerFileError(merges_path, "file", "not found") from None
+    merges: list[tuple[bytes, bytes]] = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line or line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise TokenizerFileError(merges_path, f"line {lineno}", f"expected two tokens separated by a space, got {line!r}")
+        where = f"line {lineno}"
+        merges.append((_text_tokens_to_bytes(merges_path, where, parts[0]), _text_tokens_to_bytes(merges_path, where, parts[1])))
+    _check_merges(merges_path, vocab, merges)
+    return BPEData(vocab, merges, special)
+
+
+def merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """Recover the merge list implied by a tiktoken rank table.
+
+    A token of rank r is produced by BPE over its own bytes using only ranks below r; the last
+    merge joins exactly two parts, which is the merge that creates it.
+    """
+    merges: list[tuple[int, tuple[bytes, bytes]]] = []
+    for token, rank in ranks.items():
+        if len(token) < 2:
+            continue
+        parts = [token[i : i + 1] for i in range(len(token))]
+        while True:
+            best = None
+            for k in range(len(parts) - 1):
+                r = ranks.get(parts[k] + parts[k + 1])
+                if r is not None and r < rank and (best is None or r < best[0]):
+                    best = (r, k)
+            if best is None:
+                break
+            k = best[1]
+            parts[k : k + 2] = [parts[k] + parts[k + 1]]
+        if len(parts) == 2:
+            merges.append((rank, (parts[0], parts[1])))
+    merges.sort()
+    return [pair for _, pair in merges]
+
+
+def read_tiktoken_file(path: str | Path, special_tokens: dict[str, int] | None = None) -> BPEData:
+    """A tiktoken ``.tiktoken`` rank file: one ``base64(token) rank`` per line."""
+    path = Path(path)
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        raise TokenizerFileError(path, "file", "not found") from None
+    ranks: dict[bytes, int] = {}
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
+        except (IndexError, ValueError):
+            raise TokenizerFileError(path, f"line {lineno}", f"expected 'base64 rank', got {line[:60]!r}") from None
+        ranks[token] = rank
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise TokenizerFileError(path, "ranks", f"expected all 256 single bytes, missing {len(missing)} (first: {missing[0]})")
+    return BPEData(ranks, merges_from_ranks(ranks), dict(special_tokens or {}))
+
+
+def read_hf_json(path: str | Path) -> BPEData:
+    """A Hugging Face ``tokenizer.json`` whose model is byte-level BPE."""
+    path = Path(path)
+    raw = _read_json(path)
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        found = model.get("type") if isinstance(model, dict) else type(model).__name__
+        raise TokenizerFileError(path, "model.type", f"expected 'BPE', got {found!r}")
+    special = {t["content"]: t["id"] for t in raw.get("added_tokens", []) if t.get("special")}
+    vocab = {
+        _text_tokens_to_bytes(path, f"model.vocab[{text!r}]", text): idx
+        for text, idx in model["vocab"].items()
+        if text not in special
+    }
+    merges = []
+    for rank, merge in enumerate(model.get("merges", [])):
+        left, right = merge.split(" ") if isinstance(merge, str) else merge
+        where = f"model.merges[{rank}]"
+        merges.append((_text_tokens_to_bytes(path, where, left), _text_tokens_to_bytes(path, where, right)))
+    _check_merges(path, vocab, merges)
+    return BPEData(vocab, merges, special)
+
+
+def write_koi_file(path: str | Path, data: BPEData) -> None:
+    """Koi's own format: one JSON file, tokens as base64 so any byte sequence survives."""
+    tokens = sorted(data.vocab, key=data.vocab.__getitem__)
+    index = {token: i for i, token in enumerate(tokens)}
+    doc = {
+        "format": KOI_FORMAT,
+        "version": KOI_FORMAT_VERSION,
+        "tokens": [[base64.b64encode(t).decode("ascii"), data.vocab[t]] for t in tokens],
+        "merges": [[index[a], index[b]] for a, b in data.merges],
+        "special_tokens": data.special_tokens,
+    }
+    atomic_write_bytes(path, json.dumps(doc, separators=(",", ":")).encode("utf-8"))
+
+
+def read_koi_file(path: str | Path) -> BPEData:
+    path = Path(path)
+    doc = _read_json(path)
+    if not isinstance(doc, dict) or doc.get("format") != KOI_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise TokenizerFileError(path, "format", f"expected {KOI_FORMAT!r}, got {found!r}")
+    if doc.get("version") != KOI_FORMAT_VERSION:
+        raise TokenizerFileError(path, "version", f"expected {KOI_FORMAT_VERSION}, got {doc.get('version')!r}")
+    try:
+        tokens = [(base64.b64decode(t, validate=True), int(i)) for t, i in doc["tokens"]]
+        merges = [(tokens[a][0], tokens[b][0]) for a, b in doc["merges"]]
+        special = {str(k): int(v) for k, v in doc.get("special_tokens", {}).items()}
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise TokenizerFileError(path, "tokens/merges", f"malformed entry ({exc!r})") from None
+    vocab = dict(tokens)
+    _check_merges(path, vocab, merges)
+    return BPEData(vocab, merges, special)
+
+
+def read_any(path: str | Path) -> BPEData:
+    """Guess the format: a folder of GPT-2 files, a Koi or HF JSON, or a tiktoken rank file."""
+    path = Path(path)
+    if path.is_dir():
+        for vocab_name, merges_name in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+            if (path / vocab_name).exists() and (path / merges_name).exists():
+                return read_gpt2_files(path / vocab_name, path / merges_name)
+        if (path / "tokenizer.json").exists():
+            return read_hf_json(path / "tokenizer.json")
+        raise TokenizerFileError(path, "folder", "expected vocab.json + merges.txt, encoder.json + vocab.bpe, or tokenizer.json")
+    if not path.exists():
+        raise TokenizerFileError(path, "file", "not found")
+    if path.suffix == ".json":
+        doc = _read_json(path)
+        if isinstance(doc, dict) and doc.get("format") == KOI_FORMAT:
+            return read_koi_file(path)
+        return read_hf_json(path)
+    return read_tiktoken_file(path)

@@ -1,0 +1,163 @@
+"""The public `Tokenizer`: GPT-2-exact byte-level BPE on top of the HF `tokenizers` engine.
+
+The engine only ever sees ordinary text; special tokens are split out here so the rules for them
+(disallowed unless asked, as tiktoken does) live in one readable place.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+from tokenizers import Tokenizer as EngineTokenizer
+from tokenizers import decoders, models, pre_tokenizers
+
+from . import formats
+from .byte_level import bytes_to_token_text
+from .errors import DisallowedSpecialTokenError
+
+EOT_TOKEN = "<|endoftext|>"
+SpecialSet = Collection[str] | Literal["all"]
+
+
+def _build_engine(data: formats.BPEData) -> EngineTokenizer:
+    vocab = {bytes_to_token_text(t): i for t, i in data.vocab.items()}
+    merges = [(bytes_to_token_text(a), bytes_to_token_text(b)) for a, b in data.merges]
+    engine = EngineTokenizer(models.BPE(vocab=vocab, merges=merges, cache_capacity=200_000))
+    engine.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    engine.decoder = decoders.ByteLevel()
+    return engine
+
+
+class Tokenizer:
+    """Byte-level BPE. Build it with one of the ``from_*`` constructors or `Tokenizer.load`."""
+
+    def __init__(self, data: formats.BPEData, *, name: str = "bpe") -> None:
+        self.name = name
+        self._data = data
+        self._engine = _build_engine(data)
+        self._special = dict(data.special_tokens)
+        size = max([*data.vocab.values(), *self._special.values()]) + 1
+        self._id_to_bytes: list[bytes] = [b""] * size
+        for token, idx in data.vocab.items():
+            self._id_to_bytes[idx] = token
+        for text, idx in self._special.items():
+            self._id_to_bytes[idx] = text.encode("utf-8")
+
+    # construction -----------------------------------------------------------------------
+    @classmethod
+    def from_gpt2_files(cls, vocab_path: str | Path, merges_path: str | Path) -> Tokenizer:
+        return cls(formats.read_gpt2_files(vocab_path, merges_path), name="gpt2")
+
+    @classmethod
+    def from_tiktoken_file(cls, path: str | Path, special_tokens: dict[str, int] | None = None) -> Tokenizer:
+        return cls(formats.read_tiktoken_file(path, special_tokens), name=Path(path).stem)
+
+    @classmethod
+    def from_hf_json(cls, path: str | Path) -> Tokenizer:
+        return cls(formats.read_hf_json(path), name=Path(path).stem)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load any supported format: a Koi file, HF tokenizer.json, GPT-2 folder or tiktoken file."""
+        return cls(formats.read_any(path), name=Path(path).stem)
+
+    def save(self, path: str | Path) -> None:
+        formats.write_koi_file(path, self._data)
+
+    # properties -------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self._id_to_bytes)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._special)
+
+    @property
+    def eot_id(self) -> int:
+        if EOT_TOKEN not in self._special:
+            raise KeyError(f"tokenizer {self.name!r} has no {EOT_TOKEN} special token")
+        return self._special[EOT_TOKEN]
+
+    @property
+    def bpe_data(self) -> formats.BPEData:
+        return self._data
+
+    # encoding ---------------------------------------------------------------------------
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode treating any special-token text as plain text."""
+        return self._engine.encode(text, add_special_tokens=False).ids
+
+    def _allowed(self, allowed_special: SpecialSet, disallowed_special: SpecialSet, text: str) -> set[str]:
+        allowed = set(self._special) if allowed_special == "all" else set(allowed_special)
+        unknown = allowed - set(self._special)
+        if unknown:
+            raise ValueError(f"allowed_special names tokens this tokenizer does not have: {sorted(unknown)}")
+        disallowed = set(self._special) - allowed if disallowed_special == "all" else set(disallowed_special)
+        for token in disallowed:
+            at = text.find(token)
+            if at >= 0:
+                raise DisallowedSpecialTokenError(
+                    f"text contains the special token {token!r} at offset {at}; pass "
+                    f"allowed_special={{{token!r}}} (or 'all') to encode it as one token, or "
+                    f"disallowed_special=() to encode it as ordinary text"
+                )
+        return allowed
+
+    def _split_special(self, text: str, allowed: set[str]) -> list[str]:
+        """Alternating [ordinary, special, ordinary, ...] pieces of ``text``."""
+        pattern = "(" + "|".join(re.escape(t) for t in sorted(allowed, key=len, reverse=True)) + ")"
+        return re.split(pattern, text)
+
+    def _encode_pieces(self, pieces_per_text: list[list[str]]) -> list[list[int]]:
+        """Encode every ordinary piece of every text in one parallel engine call, then stitch."""
+        ordinary = [piece for pieces in pieces_per_text for piece in pieces[0::2]]
+        encoded = iter(e.ids for e in self._engine.encode_batch_fast(ordinary, add_special_tokens=False))
+        out = []
+        for pieces in pieces_per_text:
+            ids: list[int] = []
+            for k, piece in enumerate(pieces):
+                ids.extend([self._special[piece]] if k % 2 else next(encoded))
+            out.append(ids)
+        return out
+
+    def encode(
+        self, text: str, *, allowed_special: SpecialSet = (), disallowed_special: SpecialSet = "all"
+    ) -> list[int]:
+        """Encode text. Special tokens raise unless allowed, exactly as tiktoken does."""
+        allowed = self._allowed(allowed_special, disallowed_special, text) if self._special else set()
+        if not allowed or not any(t in text for t in allowed):
+            return self.encode_ordinary(text)
+        return self._encode_pieces([self._split_special(text, allowed)])[0]
+
+    def encode_batch(
+        self, texts: Sequence[str], *, allowed_special: SpecialSet = (), disallowed_special: SpecialSet = "all"
+    ) -> list[list[int]]:
+        """Encode many texts; the engine spreads the work over all cores."""
+        texts = list(texts)
+        allowed: set[str] = set()
+        if self._special:
+            for text in texts:
+                allowed = self._allowed(allowed_special, disallowed_special, text)
+        if allowed:
+            return self._encode_pieces([self._split_special(t, allowed) for t in texts])
+        return [e.ids for e in self._engine.encode_batch_fast(texts, add_special_tokens=False)]
+
+    # decoding ---------------------------------------------------------------------------
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        table = self._id_to_bytes
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < len(table)]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {len(table)})")
+        return b"".join([table[i] for i in ids])
+
+    def decode(self, ids: Iterable[int], *, errors: str = "replace") -> str:
+        """Decode ids to text; bytes that are not valid UTF-8 become U+FFFD unless errors='strict'."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, special={sorted(self._special)})"

@@ -1,0 +1,94 @@
+"""Checkpoints: everything needed to continue a run bit for bit, written atomically.
+
+A checkpoint is one ``step_XXXXXXXX.pt`` file holding plain tensors, numbers and strings, loaded
+with ``weights_only=True`` so opening a file from elsewhere cannot run code. Local files go
+through temp file + fsync + rename; fsspec URLs are written to a temp name and moved.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from koi_tokenizer.atomic import atomic_write_bytes
+
+STEP_FILE = re.compile(r"step_(\d{8})\.pt$")
+
+
+class CheckpointError(ValueError):
+    def __init__(self, path: object, field: str, problem: str) -> None:
+        super().__init__(f"{path}: {field}: {problem}")
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _fs(path: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(path)[0]
+
+
+def checkpoint_path(directory: str, step: int) -> str:
+    return f"{directory.rstrip('/')}/step_{step:08d}.pt"
+
+
+def list_checkpoints(directory: str) -> list[tuple[int, str]]:
+    if _is_url(directory):
+        fs = _fs(directory)
+        names = fs.ls(directory, detail=False) if fs.exists(directory) else []
+        entries = [(n, fs.unstrip_protocol(n)) for n in names]
+    else:
+        root = Path(directory)
+        entries = [(p.name, str(p)) for p in root.iterdir()] if root.is_dir() else []
+    found = [(int(m.group(1)), full) for name, full in entries if (m := STEP_FILE.search(name))]
+    return sorted(found)
+
+
+def save_checkpoint(directory: str, step: int, state: dict[str, Any], *, keep_last: int) -> str:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = checkpoint_path(directory, step)
+    if _is_url(path):
+        fs = _fs(path)
+        fs.makedirs(directory, exist_ok=True)
+        with fs.open(path + ".tmp", "wb") as f:
+            f.write(buffer.getvalue())
+        fs.mv(path + ".tmp", path)
+    else:
+        atomic_write_bytes(path, buffer.getvalue())
+    for _, old in list_checkpoints(directory)[:-keep_last]:
+        if _is_url(old):
+            _fs(old).rm(old)
+        else:
+            Path(old).unlink(missing_ok=True)
+    return path
+
+
+REQUIRED_KEYS = ("step", "model", "optimizer", "data", "rng")
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    try:
+        if _is_url(path):
+            with _fs(path).open(path, "rb") as f:
+                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(path, "file", "not found") from None
+    except Exception as exc:  # a truncated or foreign file fails in many ways; all mean "not a checkpoint"
+        raise CheckpointError(path, "contents", f"expected a Koi checkpoint, could not read it ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(path, missing[0], "expected this key in the checkpoint, it is missing")
+    return state
+
+
+def latest_checkpoint(directory: str) -> str | None:
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None

@@ -1,0 +1,148 @@
+"""A Llama/Qwen3-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention, optional QK-norm.
+
+Parameter names follow Hugging Face's Llama/Qwen3 (`model.layers.0.self_attn.q_proj.weight`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LlamaSpec:
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    n_embd: int
+    block_size: int
+    vocab_size: int
+    mlp_hidden: int
+    dropout: float = 0.0
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    qk_norm: bool = False
+    init_std: float = 0.02
+    norm_eps: float = 1e-6
+
+
+def rope_tables(head_dim: int, length: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)  # (T, D/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head, the HF/Llama layout. x: (B, H, T, D)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    cos, sin = cos[: x.shape[-2]], sin[: x.shape[-2]]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head = spec.n_head, spec.n_kv_head
+        self.head_dim = spec.n_embd // spec.n_head
+        self.q_proj = nn.Linear(spec.n_embd, spec.n_head * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(spec.n_embd, spec.n_kv_head * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(spec.n_embd, spec.n_kv_head * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(spec.n_head * self.head_dim, spec.n_embd, bias=False)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
+        self.dropout = spec.dropout
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.n_kv_head != self.n_head,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(spec.n_embd, spec.mlp_hidden, bias=False)
+        self.up_proj = nn.Linear(spec.n_embd, spec.mlp_hidden, bias=False)
+        self.down_proj = nn.Linear(spec.mlp_hidden, spec.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(spec.n_embd, eps=spec.norm_eps)
+        self.self_attn = Attention(spec)
+        self.post_attention_layernorm = nn.RMSNorm(spec.n_embd, eps=spec.norm_eps)
+        self.mlp = SwiGLU(spec)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        if spec.n_head % spec.n_kv_head:
+            raise ValueError(f"n_head ({spec.n_head}) must be a multiple of n_kv_head ({spec.n_kv_head})")
+        self.spec = spec
+        self.model = nn.ModuleDict(
+            dict(
+                embed_tokens=nn.Embedding(spec.vocab_size, spec.n_embd),
+                layers=nn.ModuleList(LlamaBlock(spec) for _ in range(spec.n_layer)),
+                norm=nn.RMSNorm(spec.n_embd, eps=spec.norm_eps),
+            )
+        )
+        self.lm_head = nn.Linear(spec.n_embd, spec.vocab_size, bias=False)
+        if spec.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rope_tables(spec.n_embd // spec.n_head, spec.block_size, spec.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.spec.init_std
+        for name, p in self.named_parameters():
+            if "norm" in name:
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.spec.n_layer))
+            else:
+                nn.init.normal_(p, std=std)
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        if idx.shape[1] > self.spec.block_size:
+            raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size {self.spec.block_size}")
+        x = self.model.embed_tokens(idx)  # (B, T, C)
+        for block in self.model.layers:
+            x = block(x, self.rope_cos, self.rope_sin)
+        return self.model.norm(x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(idx))
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.layers
+
+    @property
+    def output_head(self) -> nn.Linear:
+        return self.lm_head

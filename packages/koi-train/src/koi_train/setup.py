@@ -1,0 +1,88 @@
+"""Build every component of a run from its config, in torchtitan's order:
+data -> model -> quantize -> remat -> compile -> optimizer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from koi_tokenizer import Tokenizer
+from torch import nn
+
+from .config import ConfigError, RunConfig
+from .data import RandomWindows, open_shards
+from .models import build_model, count_parameters, resolve_sizes
+from .optim import OptimizerSet, build_optimizer
+from .prepare import prepare_data
+from .quantize import apply_precision_plan
+from .remat import apply_remat
+
+
+@dataclass
+class RunParts:
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    model: nn.Module
+    compiled: nn.Module
+    optimizer: OptimizerSet
+    train_data: RandomWindows
+    val_shards: list[np.ndarray]
+    tokenizer: Tokenizer | None
+    block_size: int
+    params: dict[str, int]
+    report: list[str]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("", "train.device", f"expected an available device, got {name!r} but CUDA is not available")
+    return device
+
+
+def pick_autocast(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "bf16" or (name == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def build_run(cfg: RunConfig, run_dir: Path, *, log=print) -> RunParts:
+    device = pick_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    report: list[str] = []
+    train_patterns, val_patterns, tokenizer_path = cfg.data.train, cfg.data.val, cfg.data.tokenizer
+    if cfg.data.prepare is not None:
+        prepared = prepare_data(cfg.data.prepare, Path(cfg.out_dir) / ".data", log=log)
+        train_patterns = train_patterns or prepared.train
+        val_patterns = val_patterns or prepared.val
+        tokenizer_path = tokenizer_path or prepared.tokenizer
+    tokenizer = Tokenizer.load(tokenizer_path) if tokenizer_path else None
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, tokenizer.vocab_size if tokenizer else None)
+    block_size = resolve_sizes(cfg.model, tokenizer.vocab_size if tokenizer else None)["block_size"]
+    train_shards = open_shards(train_patterns, field="data.train", min_tokens=block_size + 1)
+    val_shards = open_shards(val_patterns, field="data.val", min_tokens=block_size + 1) if val_patterns else []
+    train_data = RandomWindows(train_shards, block_size=block_size, batch_size=cfg.train.batch_size, seed=cfg.seed)
+
+    report += apply_precision_plan(model, cfg.precision)
+    wrapped = apply_remat(model, cfg.remat.mode)
+    if wrapped:
+        report.append(f"remat {cfg.remat.mode}: recomputing {len(wrapped)} modules in backward")
+    model.to(device)
+    compiled = torch.compile(model) if cfg.train.compile else model
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.train.lr, device)
+    params = count_parameters(model)
+    report.insert(0, f"model {cfg.model.arch}: {params['total']:,} parameters, {params['trained']:,} trained every step, "
+                     f"spec {json.dumps(resolve_sizes(cfg.model, tokenizer.vocab_size if tokenizer else None))}")
+    report.append(f"data: {train_data.tokens:,} train tokens in {len(train_shards)} shards, "
+                  f"{sum(len(s) for s in val_shards):,} val tokens; device {device}")
+    return RunParts(device, pick_autocast(cfg.train.dtype, device), model, compiled, optimizer, train_data,
+                    val_shards, tokenizer, block_size, params, report)

@@ -1,0 +1,204 @@
+"""The training loop: step, watch for instability, log, evaluate, checkpoint. Nothing else.
+
+Components come ready-made from `setup.build_run`; this file only calls them in order.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from koi_eval import estimate_loss, generate
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import RunConfig, config_to_dict
+from .instability import InstabilityDetector
+from .metrics import MetricsLog, plot_loss
+from .reporting import ProgressReporter
+from .schedule import lr_multiplier
+from .setup import RunParts, build_run
+
+
+class TrainingAborted(RuntimeError):
+    """Too many instability events: the run stops with a report instead of training on garbage."""
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: Path, *, log=print) -> None:
+        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+        self.parts: RunParts = build_run(cfg, self.run_dir, log=log)
+        self.detector = InstabilityDetector(cfg.instability)
+        self.step = 0
+        self.tokens_per_step = cfg.train.batch_size * self.parts.block_size * cfg.train.grad_accum
+        self.lr_cut_until = -1
+        self.good_state: dict | None = None
+        self.checkpoint_dir = cfg.checkpoint.dir or str(self.run_dir / "checkpoints")
+
+    # state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        p = self.parts
+        return {
+            "step": self.step, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+            "data": p.train_data.state_dict(), "rng": {"torch": torch.get_rng_state()},
+            "instability": self.detector.state_dict(), "lr_cut_until": self.lr_cut_until,
+            "config": config_to_dict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        p = self.parts
+        p.model.load_state_dict(state["model"])
+        p.optimizer.load_state_dict(state["optimizer"])
+        p.train_data.load_state_dict(state["data"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.detector.load_state_dict(state["instability"])
+        self.step, self.lr_cut_until = state["step"], state["lr_cut_until"]
+
+    def save(self) -> str:
+        path = save_checkpoint(self.checkpoint_dir, self.step, self.state_dict(), keep_last=self.cfg.checkpoint.keep_last)
+        return path
+
+    # one step -----------------------------------------------------------------------------
+    def _autocast(self):
+        dtype = self.parts.autocast_dtype
+        return torch.autocast(self.parts.device.type, dtype=dtype) if dtype else nullcontext()
+
+    def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            logits = self.parts.compiled(x)  # (B, T, V)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+    def train_step(self) -> tuple[float, float]:
+        """Forward/backward over grad_accum micro-batches and a clipped update; returns (loss, grad norm)."""
+        p, tc = self.parts, self.cfg.train
+        total = 0.0
+        for _ in range(tc.grad_accum):
+            x, y = p.train_data.next_batch()
+            loss = self.compute_loss(x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True))
+            (loss / tc.grad_accum).backward()
+            total += loss.item() / tc.grad_accum
+        params = [q for q in p.model.parameters() if q.grad is not None]
+        max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        return total, grad_norm
+
+    def _apply_update(self, event_action: str | None) -> None:
+        p = self.parts
+        multiplier = lr_multiplier(self.step, self.cfg.train)
+        if self.step < self.lr_cut_until:
+            multiplier *= self.cfg.instability.lr_cut_factor
+        p.optimizer.set_lr_multiplier(multiplier)
+        if event_action not in ("skip", "rollback"):
+            p.optimizer.step()
+        p.optimizer.zero_grad()
+
+    def _handle_event(self, event, metrics: MetricsLog) -> None:
+        metrics.write(event.as_record())
+        self.log(f"instability at step {event.step}: {event.signal} = {event.value:.4g} "
+                 f"(threshold {event.threshold:.4g}) -> {event.action}")
+        if event.action == "abort":
+            raise TrainingAborted(
+                f"stopped after {self.detector.events} instability events; last: {event.signal} = {event.value:.4g} at step {event.step}"
+            )
+        if event.action == "lr_cut":
+            self.lr_cut_until = self.step + self.cfg.instability.lr_cut_steps
+        if event.action == "rollback" and self.good_state is not None:
+            self.parts.model.load_state_dict(self.good_state["model"])
+            self.parts.optimizer.load_state_dict(self.good_state["optimizer"])
+
+    # evaluation ---------------------------------------------------------------------------
+    def evaluate(self, *, full: bool = False) -> dict | None:
+        p, ec = self.parts, self.cfg.eval
+        if not p.val_shards:
+            return None
+        p.model.eval()
+        with self._autocast():
+            est = estimate_loss(
+                p.compiled, p.val_shards, block_size=p.block_size, batch_size=self.cfg.train.batch_size,
+                fraction=1.0 if full else ec.sample_fraction, seed=self.cfg.seed,
+                max_windows=None if full else ec.max_windows, device=p.device,
+            )
+        p.model.train()
+        return {"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step, "val_loss": est.loss,
+                "val_stderr": est.stderr, "val_windows": est.windows, "val_tokens": est.tokens, "val_sampled": est.sampled}
+
+    def sample_text(self) -> str | None:
+        p, ec = self.parts, self.cfg.eval
+        if p.tokenizer is None or ec.sample_prompt is None:
+            return None
+        p.model.eval()
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        prompt = p.tokenizer.encode(ec.sample_prompt) or [p.tokenizer.eot_id]
+        with self._autocast():
+            ids = generate(p.compiled, prompt, max_new_tokens=ec.sample_tokens, block_size=p.block_size, temperature=0.8,
+                           top_k=40, eot_id=p.tokenizer.eot_id, vocab_limit=p.tokenizer.vocab_size, generator=gen, device=p.device)
+        p.model.train()
+        return ec.sample_prompt + p.tokenizer.decode(ids)
+
+    # the loop -----------------------------------------------------------------------------
+    def resume(self, checkpoint: str | None = None) -> None:
+        path = checkpoint or latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            raise FileNotFoundError(f"{self.checkpoint_dir}: no step_*.pt checkpoint to resume from")
+        self.load_state_dict(load_checkpoint(path))
+        self.log(f"resumed from {path} at step {self.step}")
+
+    def fit(self) -> dict:
+        cfg, p = self.cfg, self.parts
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=self.step)
+        reporter = ProgressReporter(cfg.train.steps, self.tokens_per_step, p.params["total"], p.block_size, p.model,
+                                    p.device, start_step=self.step)
+        for line in p.report:
+            self.log(line)
+        p.model.train()
+        last_eval = None
+        try:
+            while self.step < cfg.train.steps:
+                if cfg.instability.action == "rollback" and self.step % cfg.instability.window == 0:
+                    self.good_state = copy.deepcopy({"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict()})
+                loss, grad_norm = self.train_step()
+                event = self.detector.check(self.step, loss, grad_norm)
+                self._apply_update(event.action if event else None)
+                if event:
+                    self._handle_event(event, metrics)
+                self.step += 1
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    record, line = reporter.record(self.step, loss, grad_norm, p.optimizer.optimizers[0].param_groups[0]["lr"])
+                    metrics.write(record)
+                    self.log(line)
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
+                    last_eval = self.evaluate()
+                    if last_eval:
+                        metrics.write(last_eval)
+                        self.log(f"eval step {self.step}: val loss {last_eval['val_loss']:.4f} +- {last_eval['val_stderr']:.4f} "
+                                 f"({last_eval['val_windows']} windows)")
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
+                    self.save()
+        except KeyboardInterrupt:
+            metrics.close()
+            path = self.save()
+            self.log(f"interrupted at step {self.step}: saved {path}; continue with: koi-train resume {self.run_dir}")
+            raise
+        except BaseException:
+            metrics.close()
+            raise
+        path = self.save()
+        summary = {"kind": "summary", "step": self.step, "tokens": self.step * self.tokens_per_step,
+                   "parameters": p.params["total"], "parameters_trained": p.params["trained"], "checkpoint": path}
+        final = self.evaluate(full=cfg.eval.full_at_end)
+        if final:
+            metrics.write(final)
+            kind = "full" if not final["val_sampled"] else "sampled"
+            self.log(f"final {kind} val loss {final['val_loss']:.4f} +- {final['val_stderr']:.4f} over {final['val_tokens']:,} tokens")
+            summary["val_loss"] = final["val_loss"]
+        sample = self.sample_text()
+        if sample is not None:
+            self.log("sample:\n" + sample)
+            summary["sample"] = sample
+        metrics.write(summary)
+        metrics.close()
+        plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        self.log(f"done: {self.run_dir} (metrics.jsonl, loss.png, checkpoints/)")
+        return summary

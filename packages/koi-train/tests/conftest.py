@@ -1,0 +1,43 @@
+"""Fixtures: real text from ../shared/data tokenized into small shards once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def shared_data() -> Path:
+    root = Path(os.environ.get("KOI_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not (root / "corpus" / "pydocs-val.txt").exists():
+        raise RuntimeError(f"real test data not found at {root}; set KOI_SHARED_DATA to the shared/data folder")
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """pydocs-val (Python tutorial pages) with a 512-token BPE trained on it: small, real, fast."""
+    from koi_train.config import PrepareConfig
+    from koi_train.prepare import prepare_data
+
+    cfg = PrepareConfig(text=(str(shared_data() / "corpus" / "pydocs-val.txt"),), vocab_size=512, val_fraction=0.1)
+    return prepare_data(cfg, tmp_path_factory.mktemp("data"), log=lambda *_: None)
+
+
+def tiny_config(prepared, tmp_path, **sections) -> dict:
+    """A run config dict for a tiny GPT-2 on the prepared shards; ``sections`` update its parts."""
+    cfg = {
+        "name": "test", "out_dir": str(tmp_path), "seed": 7,
+        "model": {"arch": "gpt2", "preset": "gpt2-tiny", "n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 32},
+        "data": {"train": list(prepared.train), "val": list(prepared.val), "tokenizer": prepared.tokenizer},
+        "train": {"steps": 20, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "device": "cpu", "log_every": 5},
+        "eval": {"every": 0, "max_windows": 20, "sample_prompt": None},
+        "checkpoint": {"every": 0, "keep_last": 2},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return json.loads(json.dumps(cfg))

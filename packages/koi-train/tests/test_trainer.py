@@ -1,0 +1,135 @@
+"""End to end: koi-train runs, writes its outputs, resumes bit for bit, and reports bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_config
+from koi_train import Trainer, load_dict
+from koi_train.checkpoint import CheckpointError, load_checkpoint
+
+
+def _train(raw, run_dir, resume=False):
+    trainer = Trainer(load_dict(raw), run_dir, log=lambda *_: None)
+    if resume:
+        trainer.resume()
+    trainer.fit()
+    return trainer
+
+
+def _losses(run_dir):
+    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+
+def test_run_writes_metrics_plot_checkpoint_and_loss_falls(prepared, tmp_path):
+    raw = tiny_config(prepared, tmp_path, train={"steps": 60, "log_every": 5}, eval={"every": 30})
+    trainer = _train(raw, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(5, 61, 5))
+    assert train[-1]["loss"] < train[0]["loss"] - 0.5
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "tokens"} <= set(train[0])
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(evals) == 2 and evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert records[-1]["kind"] == "summary" and records[-1]["parameters"] == trainer.parts.params["total"]
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_checkpoint(records[-1]["checkpoint"])["step"] == 60
+
+
+def test_ctrl_c_then_resume_equals_uninterrupted_bitwise(prepared, tmp_path):
+    full = tiny_config(prepared, tmp_path, train={"steps": 20, "log_every": 1}, model={"dropout": 0.1})
+    _train(full, tmp_path / "a")
+
+    def interrupt_at_step_10(message):
+        if message.startswith("step     10/"):
+            raise KeyboardInterrupt
+
+    interrupted = Trainer(load_dict(full), tmp_path / "b", log=interrupt_at_step_10)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    assert load_checkpoint(str(tmp_path / "b" / "checkpoints" / "step_00000010.pt"))["step"] == 10
+    resumed = _train(full, tmp_path / "b", resume=True)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    final_a = load_checkpoint(str(tmp_path / "a" / "checkpoints" / "step_00000020.pt"))["model"]
+    for name, tensor in resumed.parts.model.state_dict().items():
+        assert torch.equal(tensor, final_a[name]), name
+
+
+def test_muon_and_lion_and_llama_train(prepared, tmp_path):
+    for name, extra in (("muon", {}), ("lion", {"lr": 1e-3})):
+        raw = tiny_config(prepared, tmp_path, optimizer={"name": name}, train={"steps": 40, **extra})
+        losses = _losses(_train(raw, tmp_path / name).run_dir)
+        assert losses[-1] < losses[0] - 0.5, name
+    raw = tiny_config(prepared, tmp_path, model={"arch": "llama", "preset": "llama-tiny", "n_layer": 2, "n_embd": 64,
+                                                   "n_head": 4, "n_kv_head": 2, "block_size": 32}, train={"steps": 30})
+    losses = _losses(_train(raw, tmp_path / "llama").run_dir)
+    assert losses[-1] < losses[0] - 0.5
+
+
+@pytest.mark.parametrize("mode", ["ffn", "selective", "full"])
+def test_remat_gives_identical_training(prepared, tmp_path, mode):
+    base = tiny_config(prepared, tmp_path, train={"steps": 5, "log_every": 1})
+    _train(base, tmp_path / "plain")
+    _train({**base, "remat": {"mode": mode}}, tmp_path / mode)
+    assert _losses(tmp_path / "plain") == _losses(tmp_path / mode)
+
+
+def test_precision_plan_trains(prepared, tmp_path):
+    raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*.mlp.*": "ternary", "transformer.h.*.attn.*": "int8"}},
+                      train={"steps": 30})
+    trainer = _train(raw, tmp_path / "q")
+    assert type(trainer.parts.model.transformer.h[0].mlp.c_fc).__name__ == "QuantLinear"
+    losses = _losses(tmp_path / "q")
+    assert losses[-1] < losses[0] - 0.5
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "koi_train", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_bad_inputs_exit_2(prepared, tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(tiny_config(prepared, tmp_path, data={"train": [str(tmp_path / "nothing_*.bin")]})))
+    result = _cli("run", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2 and "nothing_*.bin" in result.stderr and "data.train" in result.stderr
+    broken = tmp_path / "broken.bin"
+    broken.write_bytes(b"\x00" * 2000)
+    cfg.write_text(json.dumps(tiny_config(prepared, tmp_path, data={"train": [str(broken)]})))
+    result = _cli("run", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2 and "broken.bin: header.magic" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    result = _cli("run", str(cfg), "--set", "train.lr=fast", cwd=tmp_path)
+    assert result.returncode == 2 and 'train.lr: expected number > 0, got "fast"' in result.stderr
+
+
+def test_damaged_checkpoint_is_named(tmp_path):
+    path = tmp_path / "step_00000001.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"step_00000001\.pt: contents: expected a Koi checkpoint"):
+        load_checkpoint(str(path))
+    torch.save({"step": 1}, path)
+    with pytest.raises(CheckpointError, match="model: expected this key"):
+        load_checkpoint(str(path))
+
+
+def test_export_to_hf_and_back_gives_the_same_logits(prepared, tmp_path):
+    from koi_train.hf_io import load_hf
+
+    raw = tiny_config(prepared, tmp_path, train={"steps": 3})
+    trainer = _train(raw, tmp_path / "run")
+    result = _cli("export", str(tmp_path / "run"), str(tmp_path / "hf"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["n_layer"] == 2
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert tensors["transformer.h.0.attn.c_attn.weight"].shape == (64, 192)  # HF Conv1D layout (in, out)
+    reloaded = load_hf(tmp_path / "hf").eval()
+    model = trainer.parts.model.eval()
+    idx = torch.randint(0, 512, (2, 16))
+    torch.testing.assert_close(reloaded(idx), model(idx))
