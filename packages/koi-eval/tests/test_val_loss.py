@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from koi_eval import all_windows, estimate_loss, sample_windows, window_losses
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from koi_kernels import layer_norm, layer_norm_reference, rms_norm, rms_norm_reference
 
 SHAPES = [(1, 64), (37, 129), (2, 9, 96), (64, 768), (3, 1000)]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from koi_quant import pack_bits, pack_trits, unpack_bits, unpack_trits
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from koi_quant import FORMATS, QuantizedTensor, fake_quantize, per_group, per_tile, quantize
 from koi_quant.granularity import PER_ROW, PER_TENSOR, as_matrix, to_blocks
 from koi_quant.quantize import block_codes

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from koi_quant import QuantLinear, fake_quantize, fake_quantize_ste, memory_table, quantize_, quantize_activations_int8
 from torch import nn
+
+from koi_quant import QuantLinear, fake_quantize, fake_quantize_ste, memory_table, quantize_, quantize_activations_int8
 
 
 def test_ste_gradient_is_identity_inside_and_zero_outside_clip_range():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from koi_tokenizer.cli import build_parser, main
 
 

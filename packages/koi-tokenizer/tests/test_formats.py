@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+
 from koi_tokenizer import Tokenizer, TokenizerFileError
 
 SAMPLE = "The quick brown fox jumps over the lazy dog; it's 2024 and naïve café 🐍 still works."

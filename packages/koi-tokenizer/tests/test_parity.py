@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from koi_tokenizer import ReferenceBPE
 from koi_tokenizer.pretokenize import pretokenize
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from koi_tokenizer import ShardError, read_shard, shard_files, write_shard
 from koi_tokenizer.shards import HEADER_BYTES, MAGIC_UINT16, MAGIC_UINT32
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from koi_tokenizer import DisallowedSpecialTokenError
 
 TEXT = "end of one page\n<|endoftext|>\nstart of the next"

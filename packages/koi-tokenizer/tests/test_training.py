@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from koi_tokenizer import EOT_TOKEN, Tokenizer, train_bpe
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from koi_train.config import ConfigError, load_config, load_dict
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from plain_gpt2 import PlainGPT2
+
 from koi_train.config import ModelConfig, TrainConfig
 from koi_train.models import build_model, count_parameters
 from koi_train.schedule import lr_multiplier
-from plain_gpt2 import PlainGPT2
 
 
 def test_gpt2_124m_parameter_count_and_hf_names():

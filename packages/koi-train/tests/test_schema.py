@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+
 from koi_train.config import RunConfig, load_dict, schema
 from koi_train.config.load import config_to_dict
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from conftest import tiny_config
+
 from koi_train import Trainer, load_dict
 from koi_train.checkpoint import CheckpointError, load_checkpoint
 

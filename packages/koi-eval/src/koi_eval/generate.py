@@ -30,11 +30,21 @@ def generate(
     eot_id: int | None = None, vocab_limit: int | None = None, generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> list[int]:
-    """Return the generated ids (prompt excluded). temperature 0 means greedy."""
+    """Return the generated ids (prompt excluded). temperature 0 means greedy.
+
+    A model with ``make_cache()`` (Koi's GPT-2 and Llama) is fed one new token per step with a KV
+    cache until the context fills; then, and for plain functions, the window is recomputed.
+    """
     ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)
     new: list[int] = []
+    cache = logits_fn.make_cache() if hasattr(logits_fn, "make_cache") else None
+    fed = 0  # tokens of ids already in the cache
     for _ in range(max_new_tokens):
-        logits = logits_fn(ids[:, -block_size:])[:, -1, :].float()  # (1, V)
+        if cache is not None and ids.shape[1] <= block_size:
+            logits = logits_fn(ids[:, fed:], cache=cache)[:, -1, :].float()  # (1, V)
+            fed = ids.shape[1]
+        else:
+            logits = logits_fn(ids[:, -block_size:])[:, -1, :].float()
         if vocab_limit is not None:
             logits = logits[:, :vocab_limit]  # padded embedding rows are not real tokens
         if temperature == 0:

@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from koi_tokenizer.atomic import atomic_write_bytes
 
+from .errors import CheckpointError
+
 STEP_FILE = re.compile(r"step_(\d{8})\.pt$")
-
-
-class CheckpointError(ValueError):
-    def __init__(self, path: object, field: str, problem: str) -> None:
-        super().__init__(f"{path}: {field}: {problem}")
 
 
 def _is_url(path: str) -> bool:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from koi_tokenizer import ShardError, TokenizerFileError
 
-from .checkpoint import CheckpointError
 from .config import ConfigError, RunConfig, config_to_dict, load_config, load_dict
 from .config.load import read_config_file
+from .errors import CheckpointError, ExportError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-USER_ERRORS = (ConfigError, ShardError, TokenizerFileError, CheckpointError, FileNotFoundError)
+USER_ERRORS = (ConfigError, ShardError, TokenizerFileError, CheckpointError, ExportError, FileNotFoundError)
 
 
 def quickstart_config() -> dict:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
 from koi_tokenizer import ShardError, TokenizerFileError, expand_inputs, read_shard
 
 from .config import ConfigError

@@ -13,14 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .errors import ExportError
 from .models import GPT2, GPT2Spec, Llama, LlamaSpec
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-class ExportError(ValueError):
-    def __init__(self, path: object, field: str, problem: str) -> None:
-        super().__init__(f"{path}: {field}: {problem}")
 
 
 def hf_config(model: nn.Module) -> dict:

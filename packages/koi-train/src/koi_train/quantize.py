@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from koi_quant import format_bytes_per_param, quantize_
 from torch import nn
+
+from koi_quant import format_bytes_per_param, quantize_
 
 from .config import ConfigError, PrecisionConfig
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from koi_tokenizer import Tokenizer
 from torch import nn
+
+from koi_tokenizer import Tokenizer
 
 from .config import ConfigError, RunConfig
 from .data import RandomWindows, open_shards

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from koi_eval import estimate_loss, generate
+
+from koi_eval import estimate_loss, evaluate_hellaswag, generate, read_eval_bin, read_jsonl
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import RunConfig, config_to_dict
+from .config import ConfigError, RunConfig, config_to_dict
 from .instability import InstabilityDetector
 from .metrics import MetricsLog, plot_loss
 from .reporting import ProgressReporter
@@ -36,6 +37,7 @@ class Trainer:
         self.lr_cut_until = -1
         self.good_state: dict | None = None
         self.checkpoint_dir = cfg.checkpoint.dir or str(self.run_dir / "checkpoints")
+        self._hellaswag = None
 
     # state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -120,9 +122,24 @@ class Trainer:
                 fraction=1.0 if full else ec.sample_fraction, seed=self.cfg.seed,
                 max_windows=None if full else ec.max_windows, device=p.device,
             )
+            record = {"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step, **est.as_record("val")}
+            if ec.hellaswag:
+                result = evaluate_hellaswag(p.compiled, self.hellaswag_examples(), block_size=p.block_size, device=p.device,
+                                            limit=ec.hellaswag_limit)
+                record.update(result.as_record())
         p.model.train()
-        return {"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step, "val_loss": est.loss,
-                "val_stderr": est.stderr, "val_windows": est.windows, "val_tokens": est.tokens, "val_sampled": est.sampled}
+        return record
+
+    def hellaswag_examples(self):
+        if self._hellaswag is None:
+            path = self.cfg.eval.hellaswag
+            if path.endswith(".bin"):
+                self._hellaswag = read_eval_bin(path)
+            elif self.parts.tokenizer is None:
+                raise ConfigError("", "eval.hellaswag", "a JSONL file needs data.tokenizer to encode it")
+            else:
+                self._hellaswag = read_jsonl(path, lambda s: self.parts.tokenizer.encode(s, disallowed_special=()))
+        return self._hellaswag
 
     def sample_text(self) -> str | None:
         p, ec = self.parts, self.cfg.eval

@@ -101,6 +101,8 @@ class EvalConfig:
     full_at_end: bool = False
     sample_prompt: str | None = "\n"
     sample_tokens: int = 64
+    hellaswag: str | None = None
+    hellaswag_limit: int | None = None
 
 
 @dataclass(frozen=True)

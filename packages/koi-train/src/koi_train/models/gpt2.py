@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kv_cache import KVCache, causal_mask
+
 
 @dataclass(frozen=True)
 class GPT2Spec:
@@ -35,11 +37,17 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(spec.n_embd, spec.n_embd)
         self.dropout = spec.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        start = cache.past(layer) if cache is not None else 0
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        if start:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, k.shape[2], x.device))
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -62,8 +70,8 @@ class Block(nn.Module):
         self.mlp = MLP(spec)
         self.drop = nn.Dropout(spec.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x)))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), cache, layer))
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
@@ -98,20 +106,24 @@ class GPT2(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
 
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Final normalised hidden states (B, T, C): what the output head consumes."""
         B, T = idx.shape
-        if T > self.spec.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.spec.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        start = cache.length if cache is not None else 0
+        if start + T > self.spec.block_size:
+            raise ValueError(f"sequence length {start + T} exceeds block_size {self.spec.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer) if cache is not None else block(x)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V)."""
-        return self.lm_head(self.hidden_states(idx))
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, V); with a cache, ``idx`` holds only the new positions."""
+        return self.lm_head(self.hidden_states(idx, cache))
+
+    def make_cache(self) -> KVCache:
+        return KVCache(self.spec.n_layer)
 
     @property
     def blocks(self) -> nn.ModuleList:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kv_cache import KVCache, causal_mask
+
 
 @dataclass(frozen=True)
 class LlamaSpec:
@@ -36,11 +38,11 @@ def rope_tables(head_dim: int, length: int, theta: float, device=None) -> tuple[
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int = 0) -> torch.Tensor:
     """Rotate pairs (first half, second half) of each head, the HF/Llama layout. x: (B, H, T, D)."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half].float(), x[..., half:].float()
-    cos, sin = cos[: x.shape[-2]], sin[: x.shape[-2]]
+    cos, sin = cos[start : start + x.shape[-2]], sin[start : start + x.shape[-2]]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
 
 
@@ -57,19 +59,23 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
         self.dropout = spec.dropout
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
+        start = cache.past(layer) if cache is not None else 0
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.n_kv_head != self.n_head,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        q, k = apply_rope(q, cos, sin, start), apply_rope(k, cos, sin, start)
+        gqa = self.n_kv_head != self.n_head
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        if start:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, k.shape[2], x.device), enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa, dropout_p=self.dropout if self.training else 0.0)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -92,8 +98,8 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(spec.n_embd, eps=spec.norm_eps)
         self.mlp = SwiGLU(spec)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -128,16 +134,21 @@ class Llama(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
 
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
-        if idx.shape[1] > self.spec.block_size:
-            raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size {self.spec.block_size}")
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        end = idx.shape[1] + (cache.length if cache is not None else 0)
+        if end > self.spec.block_size:
+            raise ValueError(f"sequence length {end} exceeds block_size {self.spec.block_size}")
         x = self.model.embed_tokens(idx)  # (B, T, C)
-        for block in self.model.layers:
-            x = block(x, self.rope_cos, self.rope_sin)
+        for layer, block in enumerate(self.model.layers):
+            x = block(x, self.rope_cos, self.rope_sin, cache, layer) if cache is not None else block(x, self.rope_cos, self.rope_sin)
         return self.model.norm(x)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(idx))
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, V); with a cache, ``idx`` holds only the new positions."""
+        return self.lm_head(self.hidden_states(idx, cache))
+
+    def make_cache(self) -> KVCache:
+        return KVCache(self.spec.n_layer)
 
     @property
     def blocks(self) -> nn.ModuleList:

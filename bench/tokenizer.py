@@ -1,0 +1,101 @@
+"""Tokenizer throughput on the real corpus: Koi vs tiktoken vs HF tokenizers, same text, same run.
+
+Each measurement runs in its own process so the thread count is really fixed (the Rust engines
+size their thread pools at start-up). Prints a table and writes bench/results/tokenizer.json.
+
+    python bench/tokenizer.py [--data ../shared/data] [--files pydocs-val.txt ...] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+CASES = [("koi", 1), ("tiktoken", 1), ("hf-tokenizers", 1), ("koi", 0), ("tiktoken", 0), ("hf-tokenizers", 0)]
+
+
+def _documents(files: list[Path]) -> list[str]:
+    docs = []
+    for f in files:
+        docs += [d for d in f.read_text(encoding="utf-8").split("<|endoftext|>") if d]
+    return docs
+
+
+def _encoder(engine: str, gpt2: Path, threads: int):
+    """Return (encode_one, encode_many) for one engine; both produce GPT-2 ids of ordinary text."""
+    if engine == "koi":
+        from koi_tokenizer import Tokenizer
+
+        tok = Tokenizer.from_gpt2_files(gpt2 / "vocab.json", gpt2 / "merges.txt")
+        return (lambda d: tok.encode(d, disallowed_special=())), (lambda ds: tok.encode_batch(ds, disallowed_special=()))
+    if engine == "tiktoken":
+        import tiktoken
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+        ranks = data_gym_to_mergeable_bpe_ranks(str(gpt2 / "merges.txt"), str(gpt2 / "vocab.json"))
+        enc = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+        return enc.encode_ordinary, (lambda ds: enc.encode_ordinary_batch(ds, num_threads=threads))
+    from tokenizers import Tokenizer as HF
+    from tokenizers import decoders, models, pre_tokenizers
+
+    hf = HF(models.BPE.from_file(str(gpt2 / "vocab.json"), str(gpt2 / "merges.txt")))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    return (lambda d: hf.encode(d).ids), (lambda ds: [e.ids for e in hf.encode_batch(ds)])
+
+
+def measure(engine: str, threads: int, files: list[Path], gpt2: Path, repeats: int) -> dict:
+    docs = _documents(files)
+    nbytes = sum(len(d.encode("utf-8")) for d in docs)
+    one, many = _encoder(engine, gpt2, threads)
+    best, tokens = float("inf"), 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        if threads == 1:
+            tokens = sum(len(one(d)) for d in docs)
+        else:
+            tokens = sum(len(ids) for ids in many(docs))
+        best = min(best, time.perf_counter() - start)
+    return {"engine": engine, "threads": threads, "bytes": nbytes, "tokens": tokens, "seconds": best,
+            "MB_per_s": nbytes / best / 1e6, "tokens_per_s": tokens / best}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--files", nargs="*", default=["pydocs-train.txt", "linuxdocs-train.txt", "perldocs-train.txt"])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--one", nargs=2, metavar=("ENGINE", "THREADS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    data = Path(args.data)
+    files = [data / "corpus" / f for f in args.files]
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]), files, data / "gpt2", args.repeats)))
+        return
+    cores = os.cpu_count() or 1
+    rows = []
+    for engine, threads in CASES:
+        threads = threads or cores
+        env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"}
+        out = subprocess.run([sys.executable, __file__, "--data", args.data, "--files", *args.files, "--repeats", str(args.repeats),
+                              "--one", engine, str(threads)], env=env, capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout))
+    base = {r["threads"]: r["MB_per_s"] for r in rows if r["engine"] == "tiktoken"}
+    print(f"{sum(f.stat().st_size for f in files) / 1e6:.1f} MB of real text ({', '.join(args.files)}), {cores} cores")
+    print(f"{'engine':<15}{'threads':>8}{'MB/s':>9}{'Mtok/s':>9}{'vs tiktoken':>13}")
+    for r in rows:
+        ratio = r["MB_per_s"] / base[r["threads"]]
+        print(f"{r['engine']:<15}{r['threads']:>8}{r['MB_per_s']:>9.2f}{r['tokens_per_s'] / 1e6:>9.2f}{ratio:>12.2f}x")
+    out_path = REPO / "bench" / "results" / "tokenizer.json"
+    out_path.write_text(json.dumps({"files": args.files, "cores": cores, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
