@@ -28,10 +28,10 @@ def prepared(tmp_path_factory):
     return prepare_data(cfg, tmp_path_factory.mktemp("data"), log=lambda *_: None)
 
 
-def tiny_config(prepared, tmp_path, **sections) -> dict:
+def tiny_config(prepared, tmp_path, name: str = "test", **sections) -> dict:
     """A run config dict for a tiny GPT-2 on the prepared shards; ``sections`` update its parts."""
     cfg = {
-        "name": "test", "out_dir": str(tmp_path), "seed": 7,
+        "name": name, "out_dir": str(tmp_path), "seed": 7,
         "model": {"arch": "gpt2", "preset": "gpt2-tiny", "n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 32},
         "data": {"train": list(prepared.train), "val": list(prepared.val), "tokenizer": prepared.tokenizer},
         "train": {"steps": 20, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "device": "cpu", "log_every": 5},

@@ -50,35 +50,49 @@ def _save_resolved(cfg: RunConfig, run_dir: Path) -> None:
     atomic_write_bytes(run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2).encode())
 
 
-def _train(cfg: RunConfig, run_dir: Path, resume: bool) -> int:
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, dist) -> int:
+    from .distributed import shutdown
     from .trainer import Trainer, TrainingAborted
 
-    trainer = Trainer(cfg, run_dir, log=lambda msg: print(msg, flush=True))
-    if resume:
-        trainer.resume()
     try:
+        trainer = Trainer(cfg, run_dir, log=lambda msg: print(msg, flush=True), dist=dist)
+        if resume:
+            trainer.resume()
         trainer.fit()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except TrainingAborted as exc:
         print(f"koi-train: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if dist.active and not isinstance(exc, USER_ERRORS):
+            # torchrun stops the other ranks; say which one failed and why before the traceback.
+            print(f"koi-train: rank {dist.rank} of {dist.world_size} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        shutdown(dist)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .distributed import broadcast_object, init_distributed
+
     cfg = _load(args.config, args.set or [])
-    run_dir = fresh_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _save_resolved(cfg, run_dir)
-    print(f"run folder: {run_dir}", flush=True)
-    return _train(cfg, run_dir, resume=False)
+    dist = init_distributed(cfg.distributed)
+    run_dir = broadcast_object(fresh_run_dir(cfg) if dist.is_main else None, dist)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _save_resolved(cfg, run_dir)
+        print(f"run folder: {run_dir}", flush=True)
+    return _train(cfg, run_dir, resume=False, dist=dist)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from .distributed import init_distributed
+
     run_dir = Path(args.run_dir)
     cfg = load_dict(read_config_file(run_dir / "config.json"), source=str(run_dir / "config.json"), overrides=args.set or [])
-    return _train(cfg, run_dir, resume=True)
+    return _train(cfg, run_dir, resume=True, dist=init_distributed(cfg.distributed))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -31,11 +31,17 @@ def open_shards(patterns: Sequence[str], *, field: str, min_tokens: int) -> list
 
 
 class RandomWindows:
-    """Batches of (inputs, targets), each (B, T) int64, from random offsets in the shards."""
+    """Batches of (inputs, targets), each (B, T) int64, from random offsets in the shards.
 
-    def __init__(self, shards: list[np.ndarray], *, block_size: int, batch_size: int, seed: int) -> None:
+    Every rank draws the same global batch of B x world_size windows and keeps its own slice, so
+    N processes see exactly the batches one process with N times the batch would.
+    """
+
+    def __init__(self, shards: list[np.ndarray], *, block_size: int, batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.shards = [s for s in shards if len(s) >= block_size + 1]
         self.block_size, self.batch_size = block_size, batch_size
+        self.rank, self.world_size = rank, world_size
         windows = np.array([len(s) - block_size for s in self.shards], dtype=np.int64)
         self.cumulative = np.cumsum(windows)
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -45,7 +51,8 @@ class RandomWindows:
         return int(sum(len(s) for s in self.shards))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.rng.integers(0, int(self.cumulative[-1]), size=self.batch_size)
+        starts = self.rng.integers(0, int(self.cumulative[-1]), size=self.batch_size * self.world_size)
+        starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         shard_index = np.searchsorted(self.cumulative, starts, side="right")
         before = np.concatenate([[0], self.cumulative])[shard_index]
         rows = [

@@ -30,6 +30,16 @@ class MetricsLog:
         self._file.close()
 
 
+class NullMetrics:
+    """What ranks other than 0 write to: nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

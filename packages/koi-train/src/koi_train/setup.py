@@ -15,6 +15,7 @@ from koi_tokenizer import Tokenizer
 
 from .config import ConfigError, RunConfig
 from .data import RandomWindows, open_shards
+from .distributed import DistInfo, device_for, wrap_model
 from .models import build_model, count_parameters, resolve_sizes
 from .optim import OptimizerSet, build_optimizer
 from .prepare import prepare_data
@@ -52,8 +53,8 @@ def pick_autocast(name: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def build_run(cfg: RunConfig, run_dir: Path, *, log=print) -> RunParts:
-    device = pick_device(cfg.train.device)
+def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log=print) -> RunParts:
+    device = device_for(dist, pick_device(cfg.train.device))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -71,19 +72,29 @@ def build_run(cfg: RunConfig, run_dir: Path, *, log=print) -> RunParts:
     block_size = resolve_sizes(cfg.model, tokenizer.vocab_size if tokenizer else None)["block_size"]
     train_shards = open_shards(train_patterns, field="data.train", min_tokens=block_size + 1)
     val_shards = open_shards(val_patterns, field="data.val", min_tokens=block_size + 1) if val_patterns else []
-    train_data = RandomWindows(train_shards, block_size=block_size, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    train_data = RandomWindows(train_shards, block_size=block_size, batch_size=cfg.train.batch_size, seed=cfg.seed,
+                               rank=dist.rank, world_size=dist.world_size)
 
     report += apply_precision_plan(model, cfg.precision)
     wrapped = apply_remat(model, cfg.remat.mode)
     if wrapped:
         report.append(f"remat {cfg.remat.mode}: recomputing {len(wrapped)} modules in backward")
     model.to(device)
-    compiled = torch.compile(model) if cfg.train.compile else model
+    autocast = pick_autocast(cfg.train.dtype, device)
+    if cfg.distributed.strategy == "fsdp" and cfg.optimizer.name == "muon" and dist.active:
+        raise ConfigError("", "optimizer.name", "muon needs whole matrices; use ddp, or adamw/lion with fsdp")
+    if cfg.distributed.strategy == "fsdp":  # shard first, then compile the sharded blocks
+        compiled = wrap_model(model, cfg.distributed, dist, device, autocast)
+        compiled = torch.compile(compiled) if cfg.train.compile else compiled
+    else:  # compile, then replicate (DDP hooks see the compiled graph's buckets)
+        compiled = torch.compile(model) if cfg.train.compile else model
+        compiled = wrap_model(compiled, cfg.distributed, dist, device, autocast)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.train.lr, device)
     params = count_parameters(model)
     report.insert(0, f"model {cfg.model.arch}: {params['total']:,} parameters, {params['trained']:,} trained every step, "
                      f"spec {json.dumps(resolve_sizes(cfg.model, tokenizer.vocab_size if tokenizer else None))}")
     report.append(f"data: {train_data.tokens:,} train tokens in {len(train_shards)} shards, "
-                  f"{sum(len(s) for s in val_shards):,} val tokens; device {device}")
-    return RunParts(device, pick_autocast(cfg.train.dtype, device), model, compiled, optimizer, train_data,
+                  f"{sum(len(s) for s in val_shards):,} val tokens; device {device}"
+                  + (f"; {cfg.distributed.strategy} over {dist.world_size} processes" if dist.active else ""))
+    return RunParts(device, autocast, model, compiled, optimizer, train_data,
                     val_shards, tokenizer, block_size, params, report)

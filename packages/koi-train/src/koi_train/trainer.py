@@ -14,10 +14,11 @@ import torch.nn.functional as F
 
 from koi_eval import estimate_loss, evaluate_hellaswag, generate, read_eval_bin, read_jsonl
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, config_to_dict
-from .instability import InstabilityDetector
-from .metrics import MetricsLog, plot_loss
+from .distributed import DistInfo, barrier, full_state_dicts, load_full_state_dicts, mean_across_ranks
+from .instability import InstabilityDetector, InstabilityEvent
+from .metrics import MetricsLog, NullMetrics, plot_loss
 from .reporting import ProgressReporter
 from .schedule import lr_multiplier
 from .setup import RunParts, build_run
@@ -28,9 +29,10 @@ class TrainingAborted(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, *, log=print) -> None:
-        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
-        self.parts: RunParts = build_run(cfg, self.run_dir, log=log)
+    def __init__(self, cfg: RunConfig, run_dir: Path, *, log=print, dist: DistInfo = DistInfo()) -> None:
+        self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist
+        self.log = log if dist.is_main else (lambda *_: None)
+        self.parts: RunParts = build_run(cfg, self.run_dir, dist=dist, log=self.log)
         self.detector = InstabilityDetector(cfg.instability)
         self.step = 0
         self.tokens_per_step = cfg.train.batch_size * self.parts.block_size * cfg.train.grad_accum
@@ -41,9 +43,11 @@ class Trainer:
 
     # state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Full (unsharded) state on every rank; under FSDP gathering it is a collective call."""
         p = self.parts
+        model_state, optimizer_state = full_state_dicts(p.model, p.optimizer, self.cfg.distributed.strategy, self.dist)
         return {
-            "step": self.step, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+            "step": self.step, "model": model_state, "optimizer": optimizer_state,
             "data": p.train_data.state_dict(), "rng": {"torch": torch.get_rng_state()},
             "instability": self.detector.state_dict(), "lr_cut_until": self.lr_cut_until,
             "config": config_to_dict(self.cfg),
@@ -51,15 +55,19 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         p = self.parts
-        p.model.load_state_dict(state["model"])
-        p.optimizer.load_state_dict(state["optimizer"])
+        load_full_state_dicts(p.model, p.optimizer, state["model"], state["optimizer"], self.cfg.distributed.strategy, self.dist)
         p.train_data.load_state_dict(state["data"])
         torch.set_rng_state(state["rng"]["torch"])
         self.detector.load_state_dict(state["instability"])
         self.step, self.lr_cut_until = state["step"], state["lr_cut_until"]
 
     def save(self) -> str:
-        path = save_checkpoint(self.checkpoint_dir, self.step, self.state_dict(), keep_last=self.cfg.checkpoint.keep_last)
+        """Rank 0 writes; every rank waits, so nobody runs ahead of a checkpoint being written."""
+        state = self.state_dict()
+        path = checkpoint_path(self.checkpoint_dir, self.step)
+        if self.dist.is_main:
+            save_checkpoint(self.checkpoint_dir, self.step, state, keep_last=self.cfg.checkpoint.keep_last)
+        barrier(self.dist)
         return path
 
     # one step -----------------------------------------------------------------------------
@@ -83,16 +91,19 @@ class Trainer:
             total += loss.item() / tc.grad_accum
         params = [q for q in p.model.parameters() if q.grad is not None]
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        return total, grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        # Every rank must see the same numbers, so the instability detector decides the same everywhere.
+        return mean_across_ranks(total, self.dist, p.device), grad_norm
 
-    def _apply_update(self, event_action: str | None) -> None:
+    def _apply_update(self, event: InstabilityEvent | None) -> None:
+        """Step the optimizer, unless the event says not to: a non-finite step is never applied."""
         p = self.parts
         multiplier = lr_multiplier(self.step, self.cfg.train)
         if self.step < self.lr_cut_until:
             multiplier *= self.cfg.instability.lr_cut_factor
         p.optimizer.set_lr_multiplier(multiplier)
-        if event_action not in ("skip", "rollback"):
+        if event is None or (event.action == "lr_cut" and not event.signal.startswith("nonfinite")):
             p.optimizer.step()
         p.optimizer.zero_grad()
 
@@ -164,7 +175,7 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, p = self.cfg, self.parts
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=self.step)
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=self.step) if self.dist.is_main else NullMetrics()
         reporter = ProgressReporter(cfg.train.steps, self.tokens_per_step, p.params["total"], p.block_size, p.model,
                                     p.device, start_step=self.step)
         for line in p.report:
@@ -177,7 +188,7 @@ class Trainer:
                     self.good_state = copy.deepcopy({"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict()})
                 loss, grad_norm = self.train_step()
                 event = self.detector.check(self.step, loss, grad_norm)
-                self._apply_update(event.action if event else None)
+                self._apply_update(event)
                 if event:
                     self._handle_event(event, metrics)
                 self.step += 1
@@ -216,6 +227,7 @@ class Trainer:
             summary["sample"] = sample
         metrics.write(summary)
         metrics.close()
-        plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        if self.dist.is_main:
+            plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         self.log(f"done: {self.run_dir} (metrics.jsonl, loss.png, checkpoints/)")
         return summary

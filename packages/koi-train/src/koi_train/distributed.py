@@ -1,0 +1,128 @@
+"""torch.distributed through torchrun: process group, model wrapping (DDP or FSDP2) and reductions.
+
+Koi starts nothing itself: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK and Koi joins the group.
+Without those variables everything here is a no-op, so single-process code paths stay plain.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import ConfigError, DistributedConfig
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(cfg: DistributedConfig) -> DistInfo:
+    """Join the process group torchrun prepared (once); return this process's place in it."""
+    if not launched_by_torchrun():
+        if cfg.strategy != "none":
+            raise ConfigError("", "distributed.strategy", f"{cfg.strategy!r} needs a launch through torchrun (WORLD_SIZE > 1)")
+        return DistInfo()
+    if cfg.strategy == "none":
+        raise ConfigError("", "distributed.strategy", "expected ddp or fsdp when launched by torchrun, got 'none'")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def device_for(info: DistInfo, requested: torch.device) -> torch.device:
+    if info.active and requested.type == "cuda":
+        return torch.device("cuda", info.local_rank)
+    return requested
+
+
+def wrap_model(model: nn.Module, cfg: DistributedConfig, info: DistInfo, device: torch.device,
+               autocast_dtype: torch.dtype | None) -> nn.Module:
+    """DDP replicates the model; FSDP2 shards each block and the root, keeping the precision plan's modules."""
+    if not info.active:
+        return model
+    if cfg.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=autocast_dtype, reduce_dtype=torch.float32) if autocast_dtype else MixedPrecisionPolicy()
+    for block in model.blocks:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def mean_across_ranks(value: float, info: DistInfo, device: torch.device) -> float:
+    if not info.active:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / info.world_size
+
+
+def broadcast_object(value, info: DistInfo):
+    """Rank 0's value on every rank (e.g. the run folder it chose)."""
+    if not info.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.active:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def full_state_dicts(model: nn.Module, optimizer, strategy: str, info: DistInfo) -> tuple[dict, list[dict]]:
+    """Model and optimizer state as full tensors, whatever the sharding (a checkpoint any world size can load)."""
+    if not (info.active and strategy == "fsdp"):
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (get_model_state_dict(model, options=options),
+            [get_optimizer_state_dict(model, opt, options=options) for opt in optimizer.optimizers])
+
+
+def load_full_state_dicts(model: nn.Module, optimizer, model_state: dict, optimizer_state: list[dict], strategy: str,
+                          info: DistInfo) -> None:
+    if not (info.active and strategy == "fsdp"):
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=options)
+    for opt, state in zip(optimizer.optimizers, optimizer_state, strict=True):
+        set_optimizer_state_dict(model, opt, state, options=options)

@@ -1,0 +1,82 @@
+"""torchrun with 2 CPU processes (gloo): same losses as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_config
+
+STEPS = 12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(args, cwd, nproc=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "koi_train"]
+    if nproc:
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
+                    "-m", "koi_train"]
+    return subprocess.run([*launcher, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def _losses(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+def _config(prepared, tmp_path, name, strategy, batch_size, steps=STEPS):
+    raw = tiny_config(prepared, tmp_path, name=name, train={"steps": steps, "batch_size": batch_size, "log_every": 1},
+                      distributed={"strategy": strategy, "backend": "gloo" if strategy != "none" else "auto"},
+                      checkpoint={"every": 6, "keep_last": 3})
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def single(prepared, tmp_path_factory):
+    root = tmp_path_factory.mktemp("single")
+    result = _run(["run", str(_config(prepared, root, "single", "none", 8))], cwd=root)
+    assert result.returncode == 0, result.stderr
+    return _losses(root / "single")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch(prepared, tmp_path, single, strategy):
+    result = _run(["run", str(_config(prepared, tmp_path, strategy, strategy, 4))], cwd=tmp_path, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = _losses(tmp_path / strategy)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    for step, loss in single.items():
+        assert abs(losses[step] - loss) < 2e-4, f"{strategy} step {step}: {losses[step]} vs {loss}"
+    assert result.stdout.count("run folder:") == 1  # only rank 0 speaks
+    assert (tmp_path / strategy / "checkpoints" / f"step_{STEPS:08d}.pt").exists()
+
+
+def test_fsdp_checkpoint_resumes_on_one_process(prepared, tmp_path, single):
+    first = _run(["run", str(_config(prepared, tmp_path, "resume", "fsdp", 4, steps=STEPS))], cwd=tmp_path, nproc=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "resume"
+    for later in (f"step_{STEPS:08d}.pt",):
+        (run_dir / "checkpoints" / later).unlink()  # pretend the job died after the step-6 checkpoint
+    second = _run(["resume", str(run_dir), "--set", "distributed.strategy=none", "--set", "train.batch_size=8"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    losses = _losses(run_dir)
+    for step in range(7, STEPS + 1):
+        assert abs(losses[step] - single[step]) < 2e-4, f"step {step}: {losses[step]} vs {single[step]}"
+
+
+def test_strategy_without_torchrun_is_a_config_error(prepared, tmp_path):
+    result = _run(["run", str(_config(prepared, tmp_path, "bad", "ddp", 4))], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "distributed.strategy: 'ddp' needs a launch through torchrun" in result.stderr
