@@ -5,8 +5,13 @@
 """
 
 from .dispatch import kernel_mode, use_triton
+from .ops.linear_ce import linear_cross_entropy
+from .ops.linear_ce_reference import linear_cross_entropy_reference
 from .ops.norm_reference import layer_norm_reference, rms_norm_reference
 from .ops.norms import layer_norm, rms_norm
 
 __version__ = "0.1.0"
-__all__ = ["kernel_mode", "layer_norm", "layer_norm_reference", "rms_norm", "rms_norm_reference", "use_triton"]
+__all__ = [
+    "kernel_mode", "layer_norm", "layer_norm_reference", "linear_cross_entropy", "linear_cross_entropy_reference",
+    "rms_norm", "rms_norm_reference", "use_triton",
+]

@@ -70,7 +70,8 @@ def wrap_model(model: nn.Module, cfg: DistributedConfig, info: DistInfo, device:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=autocast_dtype, reduce_dtype=torch.float32) if autocast_dtype else MixedPrecisionPolicy()
-    for block in model.blocks:
+    blocks = model.model.blocks if hasattr(model, "model") else model.blocks  # the objective wraps the model
+    for block in blocks:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     return model

@@ -17,6 +17,7 @@ from .config import ConfigError, RunConfig
 from .data import RandomWindows, open_shards
 from .distributed import DistInfo, device_for, wrap_model
 from .models import build_model, count_parameters, resolve_sizes
+from .objective import NextTokenLoss
 from .optim import OptimizerSet, build_optimizer
 from .prepare import prepare_data
 from .quantize import apply_precision_plan
@@ -28,7 +29,7 @@ class RunParts:
     device: torch.device
     autocast_dtype: torch.dtype | None
     model: nn.Module
-    compiled: nn.Module
+    objective: nn.Module  # (inputs, targets) -> loss; compiled and wrapped for DDP/FSDP as configured
     optimizer: OptimizerSet
     train_data: RandomWindows
     val_shards: list[np.ndarray]
@@ -83,12 +84,13 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     autocast = pick_autocast(cfg.train.dtype, device)
     if cfg.distributed.strategy == "fsdp" and cfg.optimizer.name == "muon" and dist.active:
         raise ConfigError("", "optimizer.name", "muon needs whole matrices; use ddp, or adamw/lion with fsdp")
+    objective = NextTokenLoss(model)
     if cfg.distributed.strategy == "fsdp":  # shard first, then compile the sharded blocks
-        compiled = wrap_model(model, cfg.distributed, dist, device, autocast)
-        compiled = torch.compile(compiled) if cfg.train.compile else compiled
+        objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
+        objective = torch.compile(objective) if cfg.train.compile else objective
     else:  # compile, then replicate (DDP hooks see the compiled graph's buckets)
-        compiled = torch.compile(model) if cfg.train.compile else model
-        compiled = wrap_model(compiled, cfg.distributed, dist, device, autocast)
+        objective = torch.compile(objective) if cfg.train.compile else objective
+        objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.train.lr, device)
     params = count_parameters(model)
     report.insert(0, f"model {cfg.model.arch}: {params['total']:,} parameters, {params['trained']:,} trained every step, "
@@ -96,5 +98,5 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     report.append(f"data: {train_data.tokens:,} train tokens in {len(train_shards)} shards, "
                   f"{sum(len(s) for s in val_shards):,} val tokens; device {device}"
                   + (f"; {cfg.distributed.strategy} over {dist.world_size} processes" if dist.active else ""))
-    return RunParts(device, autocast, model, compiled, optimizer, train_data,
+    return RunParts(device, autocast, model, objective, optimizer, train_data,
                     val_shards, tokenizer, block_size, params, report)

@@ -10,7 +10,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from koi_eval import estimate_loss, evaluate_hellaswag, generate, read_eval_bin, read_jsonl
 
@@ -77,8 +76,7 @@ class Trainer:
 
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            logits = self.parts.compiled(x)  # (B, T, V)
-        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            return self.parts.objective(x, y)
 
     def train_step(self) -> tuple[float, float]:
         """Forward/backward over grad_accum micro-batches and a clipped update; returns (loss, grad norm)."""
@@ -122,6 +120,12 @@ class Trainer:
             self.parts.optimizer.load_state_dict(self.good_state["optimizer"])
 
     # evaluation ---------------------------------------------------------------------------
+    @property
+    def eval_model(self):
+        """Logits function for evaluation: the plain model, or the objective when FSDP holds the weights sharded."""
+        sharded = self.dist.active and self.cfg.distributed.strategy == "fsdp"
+        return self.parts.objective if sharded else self.parts.model
+
     def evaluate(self, *, full: bool = False) -> dict | None:
         p, ec = self.parts, self.cfg.eval
         if not p.val_shards:
@@ -129,13 +133,13 @@ class Trainer:
         p.model.eval()
         with self._autocast():
             est = estimate_loss(
-                p.compiled, p.val_shards, block_size=p.block_size, batch_size=self.cfg.train.batch_size,
+                self.eval_model, p.val_shards, block_size=p.block_size, batch_size=self.cfg.train.batch_size,
                 fraction=1.0 if full else ec.sample_fraction, seed=self.cfg.seed,
                 max_windows=None if full else ec.max_windows, device=p.device,
             )
             record = {"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step, **est.as_record("val")}
             if ec.hellaswag:
-                result = evaluate_hellaswag(p.compiled, self.hellaswag_examples(), block_size=p.block_size, device=p.device,
+                result = evaluate_hellaswag(self.eval_model, self.hellaswag_examples(), block_size=p.block_size, device=p.device,
                                             limit=ec.hellaswag_limit)
                 record.update(result.as_record())
         p.model.train()
@@ -160,7 +164,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.seed)
         prompt = p.tokenizer.encode(ec.sample_prompt) or [p.tokenizer.eot_id]
         with self._autocast():
-            ids = generate(p.compiled, prompt, max_new_tokens=ec.sample_tokens, block_size=p.block_size, temperature=0.8,
+            ids = generate(self.eval_model, prompt, max_new_tokens=ec.sample_tokens, block_size=p.block_size, temperature=0.8,
                            top_k=40, eot_id=p.tokenizer.eot_id, vocab_limit=p.tokenizer.vocab_size, generator=gen, device=p.device)
         p.model.train()
         return ec.sample_prompt + p.tokenizer.decode(ids)

@@ -1,0 +1,77 @@
+"""Fused linear + cross-entropy: the loss and its gradients, chunk by chunk, never all logits at once.
+
+Forward does the whole job: for each chunk of rows it computes logits (fp32), the loss, and the
+gradient w.r.t. the logits (in place), then dh for those rows and their share of dW. Backward
+only scales the saved gradients by the incoming grad. Peak extra memory is one chunk of logits
+instead of tokens x vocab.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..dispatch import use_triton
+from .linear_ce_reference import softcapped
+
+
+def _ce_chunk_torch(logits, targets, *, ignore_index, scale, z_loss, softcap):
+    """The same contract as the Triton kernel, in torch (used on CPU and as a fallback)."""
+    raw = logits
+    x = softcapped(raw, softcap)
+    lse = torch.logsumexp(x, dim=-1)
+    valid = targets != ignore_index
+    safe_targets = torch.where(valid, targets, 0)
+    loss = lse - x.gather(1, safe_targets[:, None])[:, 0] + z_loss * lse**2
+    grad = torch.softmax(x, dim=-1) * (1 + 2 * z_loss * lse)[:, None]
+    grad[torch.arange(len(targets), device=x.device), safe_targets] -= 1
+    if softcap is not None:
+        grad = grad * (1 - torch.tanh(raw / softcap) ** 2)
+    logits.copy_(grad * scale * valid[:, None])
+    return torch.where(valid, loss, torch.zeros_like(loss))
+
+
+def _ce_chunk_triton(logits, targets, **options):
+    from .linear_ce_triton import ce_chunk_inplace
+
+    return ce_chunk_inplace(logits, targets, **options)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index, z_loss, softcap, chunk_rows, triton_kernel):
+        n_valid = int((targets != ignore_index).sum().clamp_min(1))
+        scale = 1.0 / n_valid
+        # Matmuls in the activations' dtype on GPU (bf16 tensor cores), fp32 on CPU; softmax always in fp32.
+        mm_dtype = hidden.dtype if hidden.is_cuda else torch.float32
+        w = weight.to(mm_dtype)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk_rows):
+                h = hidden[start : start + chunk_rows].to(mm_dtype)
+                chunk_targets = targets[start : start + chunk_rows]
+                logits = (h @ w.T).float()  # (rows, V)
+                ce_chunk = _ce_chunk_triton if triton_kernel else _ce_chunk_torch
+                loss = ce_chunk(logits, chunk_targets, ignore_index=ignore_index, scale=scale, z_loss=z_loss, softcap=softcap)
+                total += loss.sum()
+                grad_logits = logits.to(mm_dtype)  # now holds scale * dloss/dlogits
+                grad_hidden[start : start + chunk_rows] = (grad_logits @ w).to(hidden.dtype)
+                grad_weight += (grad_logits.T @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100,
+                         z_loss: float = 0.0, softcap: float | None = None, chunk_rows: int | None = None) -> torch.Tensor:
+    """Mean CE (+ z-loss) of ``hidden @ weight.T`` against ``targets``; hidden (..., C), targets (...)."""
+    hidden2d = hidden.reshape(-1, hidden.shape[-1])
+    targets1d = targets.reshape(-1)
+    if chunk_rows is None:  # about 256 MiB of fp32 logits per chunk
+        chunk_rows = max(1, min(hidden2d.shape[0], (64 * 2**20) // weight.shape[0]))
+    return _LinearCrossEntropy.apply(hidden2d, weight, targets1d, ignore_index, z_loss, softcap, chunk_rows, use_triton(hidden))
