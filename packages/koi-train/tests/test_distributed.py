@@ -60,15 +60,20 @@ def test_two_processes_match_one_with_the_same_global_batch(prepared, tmp_path, 
     for step, loss in single.items():
         assert abs(losses[step] - loss) < 2e-4, f"{strategy} step {step}: {losses[step]} vs {loss}"
     assert result.stdout.count("run folder:") == 1  # only rank 0 speaks
-    assert (tmp_path / strategy / "checkpoints" / f"step_{STEPS:08d}.pt").exists()
+    final = tmp_path / strategy / "checkpoints" / f"step_{STEPS:08d}"
+    if strategy == "fsdp":  # DCP shards: one file per rank plus metadata and Koi's own state
+        assert sorted(p.name for p in final.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "koi_state.pt"]
+    else:
+        assert final.with_suffix(".pt").exists()
 
 
 def test_fsdp_checkpoint_resumes_on_one_process(prepared, tmp_path, single):
     first = _run(["run", str(_config(prepared, tmp_path, "resume", "fsdp", 4, steps=STEPS))], cwd=tmp_path, nproc=2)
     assert first.returncode == 0, first.stderr[-3000:]
     run_dir = tmp_path / "resume"
-    for later in (f"step_{STEPS:08d}.pt",):
-        (run_dir / "checkpoints" / later).unlink()  # pretend the job died after the step-6 checkpoint
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints" / f"step_{STEPS:08d}")  # pretend the job died after the step-6 checkpoint
     second = _run(["resume", str(run_dir), "--set", "distributed.strategy=none", "--set", "train.batch_size=8"], cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     losses = _losses(run_dir)
@@ -80,3 +85,11 @@ def test_strategy_without_torchrun_is_a_config_error(prepared, tmp_path):
     result = _run(["run", str(_config(prepared, tmp_path, "bad", "ddp", 4))], cwd=tmp_path)
     assert result.returncode == 2
     assert "distributed.strategy: 'ddp' needs a launch through torchrun" in result.stderr
+
+
+def test_sharded_checkpoint_exports(prepared, tmp_path):
+    first = _run(["run", str(_config(prepared, tmp_path, "exp", "fsdp", 4, steps=3))], cwd=tmp_path, nproc=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = _run(["export", str(tmp_path / "exp"), str(tmp_path / "hf")], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "hf" / "model.safetensors").exists()

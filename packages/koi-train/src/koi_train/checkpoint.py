@@ -18,7 +18,7 @@ from koi_tokenizer.atomic import atomic_write_bytes
 
 from .errors import CheckpointError
 
-STEP_FILE = re.compile(r"step_(\d{8})\.pt$")
+STEP_FILE = re.compile(r"step_(\d{8})(\.pt)?$")  # a file, or a folder of DCP shards
 
 
 def _is_url(path: str) -> bool:

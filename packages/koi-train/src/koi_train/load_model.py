@@ -24,6 +24,17 @@ def resolve_checkpoint(path: str) -> str:
 
 def load_trained_model(path: str) -> nn.Module:
     checkpoint = resolve_checkpoint(path)
+    if Path(checkpoint).is_dir():  # DCP shards written under FSDP
+        import torch
+
+        from .sharded_checkpoint import EXTRA_FILE, load_sharded
+
+        extra = torch.load(Path(checkpoint) / EXTRA_FILE, map_location="cpu", weights_only=True)
+        cfg = load_dict(extra["config"], source=f"{checkpoint} (config)")
+        vocab = _vocab_from_dcp(checkpoint)
+        model = build_model(dataclasses.replace(cfg.model, vocab_size=vocab))
+        load_sharded(checkpoint, model)
+        return model
     state = load_checkpoint(checkpoint)
     cfg = load_dict(state["config"], source=f"{checkpoint} (config)")
     # The vocabulary size may have come from the tokenizer at train time; the weights say what it was.
@@ -31,3 +42,10 @@ def load_trained_model(path: str) -> nn.Module:
     model = build_model(dataclasses.replace(cfg.model, vocab_size=vocab))
     model.load_state_dict(state["model"])
     return model
+
+
+def _vocab_from_dcp(checkpoint: str) -> int:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    metadata = FileSystemReader(checkpoint).read_metadata()
+    return metadata.state_dict_metadata["model.lm_head.weight"].size[0]

@@ -21,6 +21,7 @@ from .metrics import MetricsLog, NullMetrics, plot_loss
 from .reporting import ProgressReporter
 from .schedule import lr_multiplier
 from .setup import RunParts, build_run
+from .sharded_checkpoint import is_sharded, load_sharded, save_sharded
 
 
 class TrainingAborted(RuntimeError):
@@ -41,20 +42,27 @@ class Trainer:
         self._hellaswag = None
 
     # state --------------------------------------------------------------------------------
+    @property
+    def sharded(self) -> bool:
+        return self.dist.active and self.cfg.distributed.strategy == "fsdp"
+
+    def extra_state(self) -> dict:
+        """Everything but weights and optimizer state: step, data position, RNG, detector, config."""
+        return {
+            "step": self.step, "data": self.parts.train_data.state_dict(), "rng": {"torch": torch.get_rng_state()},
+            "instability": self.detector.state_dict(), "lr_cut_until": self.lr_cut_until, "config": config_to_dict(self.cfg),
+        }
+
     def state_dict(self) -> dict:
         """Full (unsharded) state on every rank; under FSDP gathering it is a collective call."""
         p = self.parts
         model_state, optimizer_state = full_state_dicts(p.model, p.optimizer, self.cfg.distributed.strategy, self.dist)
-        return {
-            "step": self.step, "model": model_state, "optimizer": optimizer_state,
-            "data": p.train_data.state_dict(), "rng": {"torch": torch.get_rng_state()},
-            "instability": self.detector.state_dict(), "lr_cut_until": self.lr_cut_until,
-            "config": config_to_dict(self.cfg),
-        }
+        return {"model": model_state, "optimizer": optimizer_state, **self.extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         p = self.parts
-        load_full_state_dicts(p.model, p.optimizer, state["model"], state["optimizer"], self.cfg.distributed.strategy, self.dist)
+        if "model" in state:
+            load_full_state_dicts(p.model, p.optimizer, state["model"], state["optimizer"], self.cfg.distributed.strategy, self.dist)
         p.train_data.load_state_dict(state["data"])
         torch.set_rng_state(state["rng"]["torch"])
         self.detector.load_state_dict(state["instability"])
@@ -62,6 +70,9 @@ class Trainer:
 
     def save(self) -> str:
         """Rank 0 writes; every rank waits, so nobody runs ahead of a checkpoint being written."""
+        if self.sharded:
+            return save_sharded(self.checkpoint_dir, self.step, self.parts.model, self.parts.optimizer.optimizers,
+                                self.extra_state(), self.dist, keep_last=self.cfg.checkpoint.keep_last)
         state = self.state_dict()
         path = checkpoint_path(self.checkpoint_dir, self.step)
         if self.dist.is_main:
@@ -174,7 +185,10 @@ class Trainer:
         path = checkpoint or latest_checkpoint(self.checkpoint_dir)
         if path is None:
             raise FileNotFoundError(f"{self.checkpoint_dir}: no step_*.pt checkpoint to resume from")
-        self.load_state_dict(load_checkpoint(path))
+        if is_sharded(path):
+            self.load_state_dict(load_sharded(path, self.parts.model, self.parts.optimizer.optimizers))
+        else:
+            self.load_state_dict(load_checkpoint(path))
         self.log(f"resumed from {path} at step {self.step}")
 
     def fit(self) -> dict:
