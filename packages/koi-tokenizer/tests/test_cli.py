@@ -25,7 +25,7 @@ def test_frozen_subcommands_and_flags():
         "decode": ["--help", "--tokenizer", "-h", "-t"],
         "info": ["--help", "-h"],
         "shard": ["--help", "--output", "--prefix", "--quiet", "--separator", "--shard-tokens", "--tokenizer",
-                  "--val-fraction", "-h", "-o", "-t"],
+                  "--val-fraction", "--workers", "-h", "-o", "-t"],
     }
 
 

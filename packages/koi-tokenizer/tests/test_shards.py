@@ -71,3 +71,12 @@ def test_glob_matching_nothing_is_an_error(tmp_path, gpt2_tokenizer):
 
     with pytest.raises(TokenizerFileError, match="matched none"):
         shard_files([str(tmp_path / "*.txt")], gpt2_tokenizer, tmp_path / "out", show_progress=False)
+
+
+def test_parallel_sharding_is_identical_to_serial(tmp_path, data_dir, gpt2_tokenizer):
+    source = [str(data_dir / "corpus" / "pydocs-val.txt")]
+    serial = shard_files(source, gpt2_tokenizer, tmp_path / "one", shard_tokens=150_000, val_fraction=0.05, workers=1,
+                         show_progress=False)
+    parallel = shard_files(source, gpt2_tokenizer, tmp_path / "two", shard_tokens=150_000, val_fraction=0.05, workers=2,
+                           show_progress=False)
+    assert [p.read_bytes() for p in serial.train + serial.val] == [p.read_bytes() for p in parallel.train + parallel.val]

@@ -64,7 +64,7 @@ def _cmd_shard(args: argparse.Namespace) -> None:
     tokenizer = Tokenizer.load(args.tokenizer)
     result = shard_files(
         args.inputs, tokenizer, args.output, prefix=args.prefix, shard_tokens=args.shard_tokens,
-        val_fraction=args.val_fraction, separator=args.separator or None, show_progress=not args.quiet,
+        val_fraction=args.val_fraction, separator=args.separator or None, show_progress=not args.quiet, workers=args.workers,
     )
     print(json.dumps({
         "documents": result.documents, "train_tokens": result.train_tokens, "val_tokens": result.val_tokens,
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-tokens", type=int, default=10_000_000)
     p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of documents for the val split")
     p.add_argument("--separator", default=EOT_TOKEN, help="document separator ('' = one document per file)")
+    p.add_argument("--workers", type=int, help="processes to encode with (default: all cores)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_cmd_shard)
     return parser

@@ -11,12 +11,15 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from tokenizers import Tokenizer as EngineTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
 from . import formats
 from .byte_level import bytes_to_token_text
 from .errors import DisallowedSpecialTokenError
+from .fast_path import PieceCache
+from .parallel import encode_ordinary_parallel
 
 EOT_TOKEN = "<|endoftext|>"
 SpecialSet = Collection[str] | Literal["all"]
@@ -38,6 +41,7 @@ class Tokenizer:
         self.name = name
         self._data = data
         self._engine = _build_engine(data)
+        self._pieces = PieceCache(self._engine_encode_pieces)
         self._special = dict(data.special_tokens)
         size = max([*data.vocab.values(), *self._special.values()]) + 1
         self._id_to_bytes: list[bytes] = [b""] * size
@@ -87,9 +91,17 @@ class Tokenizer:
         return self._data
 
     # encoding ---------------------------------------------------------------------------
+    def _engine_encode_pieces(self, pieces: list[str]) -> list[list[int]]:
+        """BPE of pre-tokenized pieces by the HF engine (each piece pre-tokenizes to itself)."""
+        return [e.ids for e in self._engine.encode_batch_fast(pieces, add_special_tokens=False)]
+
+    def encode_ordinary_array(self, text: str) -> np.ndarray:
+        """Ids of ``text`` as an int64 array, treating special-token text as plain text."""
+        return self._pieces.encode(text)
+
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode treating any special-token text as plain text."""
-        return self._engine.encode(text, add_special_tokens=False).ids
+        return self._pieces.encode(text).tolist()
 
     def _allowed(self, allowed_special: SpecialSet, disallowed_special: SpecialSet, text: str) -> set[str]:
         allowed = set(self._special) if allowed_special == "all" else set(allowed_special)
@@ -115,7 +127,7 @@ class Tokenizer:
     def _encode_pieces(self, pieces_per_text: list[list[str]]) -> list[list[int]]:
         """Encode every ordinary piece of every text in one parallel engine call, then stitch."""
         ordinary = [piece for pieces in pieces_per_text for piece in pieces[0::2]]
-        encoded = iter(e.ids for e in self._engine.encode_batch_fast(ordinary, add_special_tokens=False))
+        encoded = iter(self.encode_ordinary(piece) for piece in ordinary)
         out = []
         for pieces in pieces_per_text:
             ids: list[int] = []
@@ -134,9 +146,10 @@ class Tokenizer:
         return self._encode_pieces([self._split_special(text, allowed)])[0]
 
     def encode_batch(
-        self, texts: Sequence[str], *, allowed_special: SpecialSet = (), disallowed_special: SpecialSet = "all"
+        self, texts: Sequence[str], *, allowed_special: SpecialSet = (), disallowed_special: SpecialSet = "all",
+        workers: int = 1,
     ) -> list[list[int]]:
-        """Encode many texts; the engine spreads the work over all cores."""
+        """Encode many texts; ``workers`` > 1 spreads plain texts over that many processes."""
         texts = list(texts)
         allowed: set[str] = set()
         if self._special:
@@ -144,7 +157,7 @@ class Tokenizer:
                 allowed = self._allowed(allowed_special, disallowed_special, text)
         if allowed:
             return self._encode_pieces([self._split_special(t, allowed) for t in texts])
-        return [e.ids for e in self._engine.encode_batch_fast(texts, add_special_tokens=False)]
+        return [ids.tolist() for ids in encode_ordinary_parallel(self, texts, workers)]
 
     # decoding ---------------------------------------------------------------------------
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
