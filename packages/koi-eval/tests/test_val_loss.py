@@ -49,3 +49,19 @@ def test_sampled_loss_is_within_its_standard_error_of_the_full_loss(tokenized, b
     # A calibrated standard error holds the full loss about 68% of the time (loosely: 40-97%).
     assert 12 <= within_one <= 29
     assert math.isclose(float(np.mean(estimates)), full.loss, abs_tol=0.05)
+
+
+def test_time_bound_is_applied_only_when_asked_and_reported(tokenized, bigram):
+    import time
+
+    _, _, val = tokenized
+
+    def slow(idx):
+        time.sleep(0.05)
+        return bigram(idx)
+
+    unbounded = estimate_loss(slow, [val], block_size=64, batch_size=4, fraction=0.5, seed=0)
+    assert not unbounded.time_bounded and unbounded.windows == round(0.5 * ((len(val) - 1) // 64))
+    bounded = estimate_loss(slow, [val], block_size=64, batch_size=4, fraction=0.5, seed=0, max_seconds=0.12)
+    assert bounded.time_bounded and bounded.sampled and 4 <= bounded.windows < unbounded.windows
+    assert bounded.as_record()["val_time_bounded"] is True

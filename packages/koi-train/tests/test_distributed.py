@@ -93,3 +93,15 @@ def test_sharded_checkpoint_exports(prepared, tmp_path):
     result = _run(["export", str(tmp_path / "exp"), str(tmp_path / "hf")], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "hf" / "model.safetensors").exists()
+
+
+def test_fsdp_keeps_the_precision_plan(prepared, tmp_path):
+    path = _config(prepared, tmp_path, "quant", "fsdp", 4, steps=8)
+    raw = json.loads(path.read_text())
+    raw["precision"] = {"plan": {"transformer.h.*.mlp.*": "ternary", "transformer.h.*.attn.*": "int8"}}
+    path.write_text(json.dumps(raw))
+    result = _run(["run", str(path)], cwd=tmp_path, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ternary" in result.stdout and "int8" in result.stdout  # the plan is printed at start
+    losses = _losses(tmp_path / "quant")
+    assert losses[8] < losses[1]

@@ -79,6 +79,16 @@ def test_remat_gives_identical_training(prepared, tmp_path, mode):
     assert _losses(tmp_path / "plain") == _losses(tmp_path / mode)
 
 
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4", "nf4", "ternary", "binary"])
+def test_every_low_bit_format_trains(prepared, tmp_path, fmt):
+    raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": fmt}, "group_size": 32}, train={"steps": 30})
+    trainer = _train(raw, tmp_path / fmt)
+    quantized = [m for m in trainer.parts.model.modules() if type(m).__name__ == "QuantLinear"]
+    assert len(quantized) == 8 and all(m.format.name == fmt for m in quantized)  # 4 Linear layers x 2 blocks
+    losses = _losses(tmp_path / fmt)
+    assert losses[-1] < losses[0] - 0.4, f"{fmt}: {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
 def test_precision_plan_trains(prepared, tmp_path):
     raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*.mlp.*": "ternary", "transformer.h.*.attn.*": "int8"}},
                       train={"steps": 30})

@@ -9,9 +9,11 @@ from .ops.linear_ce import linear_cross_entropy
 from .ops.linear_ce_reference import linear_cross_entropy_reference
 from .ops.norm_reference import layer_norm_reference, rms_norm_reference
 from .ops.norms import layer_norm, rms_norm
+from .ops.rope import rope
+from .ops.rope_reference import rope_reference, rope_tables
 
 __version__ = "0.1.0"
 __all__ = [
     "kernel_mode", "layer_norm", "layer_norm_reference", "linear_cross_entropy", "linear_cross_entropy_reference",
-    "rms_norm", "rms_norm_reference", "use_triton",
+    "rms_norm", "rms_norm_reference", "rope", "rope_reference", "rope_tables", "use_triton",
 ]

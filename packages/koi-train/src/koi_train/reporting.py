@@ -48,9 +48,11 @@ class ProgressReporter:
         record = {"kind": "train", "step": step, "tokens": step * self.tokens_per_step, "loss": loss, "lr": lr,
                   "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "time": time.time()}
         mfu = ""
+        if torch.cuda.is_available() and self.peak is not None:
+            record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if self.peak:
             record["mfu"] = tokens_per_s * self.flops_per_token / self.peak
-            mfu = f" | MFU {record['mfu']:.2f}"
+            mfu = f" | MFU {record['mfu']:.2f} | peak {record['peak_memory_gib']:.1f} GiB"
         line = (f"step {step:>6}/{self.total_steps} | loss {loss:.4f} | lr {lr:.2e} | grad {grad_norm:.3f} | "
                 f"{tokens_per_s:,.0f} tok/s{mfu} | ETA {format_duration(eta)}")
         return record, line

@@ -16,6 +16,7 @@ from koi_tokenizer import Tokenizer
 from .config import ConfigError, RunConfig
 from .data import RandomWindows, open_shards
 from .distributed import DistInfo, device_for, wrap_model
+from .memory_estimate import remat_report
 from .models import build_model, count_parameters, resolve_sizes
 from .objective import NextTokenLoss
 from .optim import OptimizerSet, build_optimizer
@@ -78,8 +79,9 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
 
     report += apply_precision_plan(model, cfg.precision)
     wrapped = apply_remat(model, cfg.remat.mode)
-    if wrapped:
-        report.append(f"remat {cfg.remat.mode}: recomputing {len(wrapped)} modules in backward")
+    report.append(remat_report(cfg.remat.mode, batch=cfg.train.batch_size, seq=block_size, width=model.spec.n_embd,
+                               layers=model.spec.n_layer, bytes_per_value=2 if device.type == "cuda" else 4)
+                  + (f", recomputing {len(wrapped)} modules" if wrapped else ""))
     model.to(device)
     autocast = pick_autocast(cfg.train.dtype, device)
     if cfg.distributed.strategy == "fsdp" and cfg.optimizer.name == "muon" and dist.active:

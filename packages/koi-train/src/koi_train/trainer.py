@@ -146,7 +146,7 @@ class Trainer:
             est = estimate_loss(
                 self.eval_model, p.val_shards, block_size=p.block_size, batch_size=self.cfg.train.batch_size,
                 fraction=1.0 if full else ec.sample_fraction, seed=self.cfg.seed,
-                max_windows=None if full else ec.max_windows, device=p.device,
+                max_windows=None if full else ec.max_windows, device=p.device, max_seconds=None if full else ec.max_seconds,
             )
             record = {"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step, **est.as_record("val")}
             if ec.hellaswag:
@@ -218,8 +218,9 @@ class Trainer:
                     last_eval = self.evaluate()
                     if last_eval:
                         metrics.write(last_eval)
+                        bounded = ", cut short by eval.max_seconds" if last_eval["val_time_bounded"] else ""
                         self.log(f"eval step {self.step}: val loss {last_eval['val_loss']:.4f} +- {last_eval['val_stderr']:.4f} "
-                                 f"({last_eval['val_windows']} windows)")
+                                 f"({last_eval['val_windows']} windows{bounded})")
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
                     self.save()
         except KeyboardInterrupt:

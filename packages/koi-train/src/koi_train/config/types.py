@@ -99,6 +99,7 @@ class EvalConfig:
     sample_fraction: float = 0.1
     max_windows: int | None = 200
     full_at_end: bool = False
+    max_seconds: float | None = None
     sample_prompt: str | None = "\n"
     sample_tokens: int = 64
     hellaswag: str | None = None

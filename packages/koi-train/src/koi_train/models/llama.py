@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from koi_kernels import rope, rope_tables
+
 from .kv_cache import KVCache, causal_mask
 
 
@@ -30,20 +32,6 @@ class LlamaSpec:
     qk_norm: bool = False
     init_std: float = 0.02
     norm_eps: float = 1e-6
-
-
-def rope_tables(head_dim: int, length: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)  # (T, D/2)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int = 0) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of each head, the HF/Llama layout. x: (B, H, T, D)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
-    cos, sin = cos[start : start + x.shape[-2]], sin[start : start + x.shape[-2]]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
 
 
 class Attention(nn.Module):
@@ -68,7 +56,7 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        q, k = apply_rope(q, cos, sin, start), apply_rope(k, cos, sin, start)
+        q, k = rope(q, k, cos, sin, start)  # Triton on GPU, torch reference elsewhere
         gqa = self.n_kv_head != self.n_head
         if cache is not None:
             k, v = cache.update(layer, k, v)
