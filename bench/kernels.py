@@ -1,0 +1,145 @@
+"""Per-op speed and memory of koi-kernels vs torch eager vs torch.compile, on the GPU, same run.
+
+For each op and size: milliseconds for forward + backward, achieved GB/s (memory-bound ops),
+peak memory above the inputs, and the copy bandwidth of this card measured in the same run as
+the ceiling. The torch side runs the same references the tests use.
+
+    python bench/kernels.py               # on a CUDA device
+    python bench/kernels.py --quick       # smaller sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from koi_kernels import (
+    layer_norm,
+    layer_norm_reference,
+    linear_cross_entropy,
+    rms_norm,
+    rms_norm_reference,
+    rope,
+    rope_reference,
+    rope_tables,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(fn: Callable[[], None], repeats: int = 20) -> float:
+    """Median milliseconds of fn() with CUDA events, after warm-up."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def peak_extra_gib(fn: Callable[[], None]) -> float:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def copy_bandwidth() -> float:
+    x = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = timed(lambda: y.copy_(x))
+    return 2 * x.numel() / ms / 1e6  # GB/s, read + write
+
+
+def fwd_bwd(op, inputs, grads):
+    def run():
+        for t in inputs:
+            t.grad = None
+        outs = op(*inputs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        torch.autograd.backward([o for o in outs], [g for g in grads[: len(outs)]])
+    return run
+
+
+def norm_cases(quick: bool):
+    shapes = [(8192, 768)] if quick else [(32768, 768), (8192, 1600), (16384, 4096)]
+    for rows, width in shapes:
+        x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        r = torch.randn_like(x, requires_grad=True)
+        w = torch.ones(width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        b = torch.zeros(width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        dy, dh = torch.randn_like(x), torch.randn_like(x)
+        moved = 2 * rows * width * 2 * 4  # fwd reads x, r, writes y, h; bwd reads dy, dh, h, writes dx: ~8 tensors of 2 bytes
+        yield f"rms_norm+res {rows}x{width}", [x, r, w], (dy, dh), lambda x, r, w: rms_norm(x, w, residual=r), \
+            lambda x, r, w: rms_norm_reference(x, w, residual=r), moved
+        yield f"layer_norm+res {rows}x{width}", [x, r, w, b], (dy, dh), lambda x, r, w, b: layer_norm(x, w, b, residual=r), \
+            lambda x, r, w, b: layer_norm_reference(x, w, b, residual=r), moved
+
+
+def rope_cases(quick: bool):
+    shapes = [(8, 12, 1024, 64)] if quick else [(32, 12, 1024, 64), (8, 25, 1024, 64)]
+    for shape in shapes:
+        q = torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        cos, sin = (t.cuda() for t in rope_tables(shape[-1], shape[2]))
+        dq, dk = torch.randn_like(q), torch.randn_like(k)
+        moved = 2 * q.numel() * 2 * 4
+        yield f"rope {'x'.join(map(str, shape))}", [q, k], (dq, dk), lambda q, k, c=cos, s=sin: rope(q, k, c, s), \
+            lambda q, k, c=cos, s=sin: (rope_reference(q, c, s), rope_reference(k, c, s)), moved
+
+
+def linear_ce_case(quick: bool):
+    tokens, width, vocab = (8192, 768, 50304) if quick else (32768, 768, 50304)
+    h = torch.randn(tokens, width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(vocab, width, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
+    t = torch.randint(0, vocab, (tokens,), device="cuda")
+    one = torch.ones((), device="cuda")
+
+    def reference(h, w):  # what a user writes: bf16 logits, fp32 loss
+        return torch.nn.functional.cross_entropy((h @ w.T).float(), t)
+
+    yield f"linear_ce {tokens}x{width}x{vocab}", [h, w], (one,), lambda h, w: linear_cross_entropy(h, w, t), reference, None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/kernels.py measures GPU kernels; no CUDA device here (tests cover CPU correctness)")
+    ceiling = copy_bandwidth()
+    rows = []
+    for case in [*norm_cases(args.quick), *rope_cases(args.quick), *linear_ce_case(args.quick)]:
+        name, inputs, grads, koi, reference, moved = case
+        compiled = torch.compile(reference)
+        row = {"op": name}
+        for side, fn in (("koi", koi), ("eager", reference), ("compile", compiled)):
+            run = fwd_bwd(fn, inputs, grads)
+            row[f"{side}_ms"] = timed(run)
+            row[f"{side}_peak_gib"] = peak_extra_gib(run)
+        if moved:
+            row["koi_gbps"] = moved / row["koi_ms"] / 1e6
+        rows.append(row)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; copy bandwidth {ceiling:,.0f} GB/s")
+    print(f"{'op':<34}{'koi ms':>8}{'eager':>8}{'compile':>8}{'vs compile':>11}{'GB/s':>8}{'% copy':>8}{'peak GiB koi/eager':>20}")
+    for r in rows:
+        gbps = r.get("koi_gbps")
+        print(f"{r['op']:<34}{r['koi_ms']:>8.3f}{r['eager_ms']:>8.3f}{r['compile_ms']:>8.3f}{r['compile_ms'] / r['koi_ms']:>10.2f}x"
+              f"{gbps or 0:>8.0f}{(gbps or 0) / ceiling:>8.0%}{r['koi_peak_gib']:>10.2f}/{r['eager_peak_gib']:.2f}")
+    (REPO / "bench" / "results" / "kernels.json").write_text(json.dumps({"copy_gbps": ceiling, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
