@@ -100,3 +100,15 @@ def test_memory_table_counts_each_parameter_once():
     assert f"{total:,}" in table.splitlines()[-1]
     int4_row = next(line for line in table.splitlines() if line.startswith("int4"))
     assert f"{32 * 64 * 2:,}" in int4_row
+
+
+def test_tile_scales_and_activation_quantization_through_quantize_():
+    model = Tiny()
+    quantize_(model, {"mlp.*": "fp8"}, tile=(8, 8), quantize_activations=True)
+    layer = model.mlp[0]
+    assert layer.granularity.kind == "tile" and layer.granularity.tile == (8, 8) and layer.quantize_activations
+    x = torch.randn(3, 32)
+    expected = nn.functional.linear(quantize_activations_int8(x), fake_quantize(layer.weight, "fp8", layer.granularity), layer.bias)
+    torch.testing.assert_close(layer(x), expected)
+    with pytest.raises(ValueError, match="not both"):
+        quantize_(Tiny(), {"mlp.*": "int4"}, group_size=32, tile=(8, 8))

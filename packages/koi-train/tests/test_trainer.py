@@ -90,10 +90,11 @@ def test_every_low_bit_format_trains(prepared, tmp_path, fmt):
 
 
 def test_precision_plan_trains(prepared, tmp_path):
-    raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*.mlp.*": "ternary", "transformer.h.*.attn.*": "int8"}},
-                      train={"steps": 30})
+    raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*.mlp.*": "ternary", "transformer.h.*.attn.*": "int8"},
+                                                     "tile": [16, 16], "activations": True}, train={"steps": 30})
     trainer = _train(raw, tmp_path / "q")
-    assert type(trainer.parts.model.transformer.h[0].mlp.c_fc).__name__ == "QuantLinear"
+    layer = trainer.parts.model.transformer.h[0].mlp.c_fc
+    assert type(layer).__name__ == "QuantLinear" and layer.granularity.tile == (16, 16) and layer.quantize_activations
     losses = _losses(tmp_path / "q")
     assert losses[-1] < losses[0] - 0.5
 

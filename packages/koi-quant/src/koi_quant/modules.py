@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .formats import FLOAT_FORMATS, QuantFormat, get_format
-from .granularity import PER_ROW, Granularity, per_group
+from .granularity import PER_ROW, Granularity, per_group, per_tile
 from .ste import fake_quantize_ste, quantize_activations_int8
 
 
@@ -60,19 +60,23 @@ def quantize_(
     plan: Mapping[str, str],
     *,
     group_size: int | None = None,
+    tile: tuple[int, int] | None = None,
     quantize_activations: bool = False,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
 ) -> dict[str, list[str]]:
     """Swap, in place, each nn.Linear whose name matches a plan pattern for a `QuantLinear`.
 
     ``plan`` maps fnmatch patterns to formats, first match wins; float formats (bf16, fp32) keep
-    matching modules as they are. Returns pattern -> module names. A pattern matching no Linear is
+    matching modules as they are. Scales are per output row, per ``group_size`` inputs, or per
+    ``tile`` (rows, cols). Returns pattern -> module names. A pattern matching no Linear is
     an error, since a typo would otherwise silently train in full precision.
     """
     for fmt in plan.values():
         if fmt not in FLOAT_FORMATS:
             get_format(fmt)
-    granularity = per_group(group_size) if group_size else PER_ROW
+    if group_size and tile:
+        raise ValueError("give group_size or tile, not both")
+    granularity = per_tile(*tile) if tile else per_group(group_size) if group_size else PER_ROW
     matched: dict[str, list[str]] = {pattern: [] for pattern in plan}
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or (filter_fn is not None and not filter_fn(module, name)):

@@ -134,8 +134,7 @@ class Trainer:
     @property
     def eval_model(self):
         """Logits function for evaluation: the plain model, or the objective when FSDP holds the weights sharded."""
-        sharded = self.dist.active and self.cfg.distributed.strategy == "fsdp"
-        return self.parts.objective if sharded else self.parts.model
+        return self.parts.objective if self.sharded else self.parts.model
 
     def evaluate(self, *, full: bool = False) -> dict | None:
         p, ec = self.parts, self.cfg.eval
@@ -199,7 +198,6 @@ class Trainer:
         for line in p.report:
             self.log(line)
         p.model.train()
-        last_eval = None
         try:
             while self.step < cfg.train.steps:
                 if cfg.instability.action == "rollback" and self.step % cfg.instability.window == 0:

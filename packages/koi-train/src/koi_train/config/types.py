@@ -74,6 +74,8 @@ class OptimizerConfig:
 class PrecisionConfig:
     plan: dict[str, str] = field(default_factory=dict)
     group_size: int | None = None
+    tile: tuple[int, int] | None = None
+    activations: bool = False
 
 
 @dataclass(frozen=True)
