@@ -60,8 +60,8 @@ def test_ctrl_c_then_resume_equals_uninterrupted_bitwise(prepared, tmp_path):
         assert torch.equal(tensor, final_a[name]), name
 
 
-def test_muon_and_lion_and_llama_train(prepared, tmp_path):
-    for name, extra in (("muon", {}), ("lion", {"lr": 1e-3})):
+def test_muon_lion_adamw8bit_and_llama_train(prepared, tmp_path):
+    for name, extra in (("muon", {}), ("lion", {"lr": 1e-3}), ("adamw8bit", {})):
         raw = tiny_config(prepared, tmp_path, optimizer={"name": name}, train={"steps": 40, **extra})
         losses = _losses(_train(raw, tmp_path / name).run_dir)
         assert losses[-1] < losses[0] - 0.5, name

@@ -5,6 +5,9 @@
 """
 
 from .dispatch import kernel_mode, use_triton
+from .ops.adamw import FusedAdamW
+from .ops.adamw8bit import AdamW8bit
+from .ops.adamw_reference import adamw_reference, stochastic_round_bf16
 from .ops.linear_ce import linear_cross_entropy
 from .ops.linear_ce_reference import linear_cross_entropy_reference
 from .ops.norm_reference import layer_norm_reference, rms_norm_reference
@@ -14,6 +17,7 @@ from .ops.rope_reference import rope_reference, rope_tables
 
 __version__ = "0.1.0"
 __all__ = [
-    "kernel_mode", "layer_norm", "layer_norm_reference", "linear_cross_entropy", "linear_cross_entropy_reference",
-    "rms_norm", "rms_norm_reference", "rope", "rope_reference", "rope_tables", "use_triton",
+    "AdamW8bit", "FusedAdamW", "adamw_reference", "kernel_mode", "layer_norm", "layer_norm_reference", "linear_cross_entropy",
+    "linear_cross_entropy_reference", "rms_norm", "rms_norm_reference", "rope", "rope_reference", "rope_tables",
+    "stochastic_round_bf16", "use_triton",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from koi_kernels import AdamW8bit
+
 from .config import OptimizerConfig
 
 
@@ -117,6 +119,8 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, device: torch.device) -> OptimizerSet:
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.type == "cuda"
+    if cfg.name == "adamw8bit":
+        return OptimizerSet([AdamW8bit(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])
     if cfg.name == "lion":
         return OptimizerSet([Lion(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)])
     if cfg.name == "muon":

@@ -1,0 +1,57 @@
+"""AdamW with 8-bit optimizer states: about 2 bytes per parameter for m and v instead of 8.
+
+Both moments are stored in fp8 e4m3 per block of 256 values with one fp32 scale per block: m
+signed, v as sqrt(v) (halving its dynamic range in log space, which is what an 8-bit float with
+4 exponent bits needs). e4m3's floating exponent keeps small entries of a block from collapsing
+to zero the way a linear 8-bit code would. Math runs in fp32 between loads and stores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+BLOCK = 256
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max
+
+
+def _encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 values (flattened, padded to blocks) -> (fp8 codes, per-block fp32 scales)."""
+    blocks = F.pad(x.reshape(-1), (0, (-x.numel()) % BLOCK)).view(-1, BLOCK)
+    scale = (blocks.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp_min(1e-30)
+    return (blocks / scale).to(FP8), scale
+
+
+def _decode(codes: torch.Tensor, scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return (codes.float() * scale).view(-1)[: like.numel()].view(like.shape)
+
+
+class AdamW8bit(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def state_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for s in self.state.values() for t in s.values() if torch.is_tensor(t) and t.ndim)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["m_codes"], state["m_scale"] = _encode(torch.zeros_like(p, dtype=torch.float32))
+                    state["v_codes"], state["v_scale"] = _encode(torch.zeros_like(p, dtype=torch.float32))
+                state["step"] += 1
+                step = int(state["step"])
+                g = p.grad.float()
+                m = _decode(state["m_codes"], state["m_scale"], p).mul_(beta1).add_(g, alpha=1 - beta1)
+                v = _decode(state["v_codes"], state["v_scale"], p).square_().mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                update = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + group["eps"])
+                p.mul_(1 - group["lr"] * group["weight_decay"]).add_(update.to(p.dtype), alpha=-group["lr"])
+                state["m_codes"], state["m_scale"] = _encode(m)
+                state["v_codes"], state["v_scale"] = _encode(v.sqrt())

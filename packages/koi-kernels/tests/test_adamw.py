@@ -1,0 +1,74 @@
+"""Fused AdamW against the reference and torch.optim.AdamW; stochastic rounding is unbiased."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from koi_kernels import FusedAdamW, adamw_reference, stochastic_round_bf16
+
+
+@pytest.mark.parametrize("shape", [(7,), (33, 65), (1000,), (3, 5, 129)])
+def test_fp32_matches_torch_adamw_over_steps(shape, device):
+    g = torch.Generator().manual_seed(sum(shape))
+    start = torch.randn(shape, generator=g)
+    grads = [torch.randn(shape, generator=g) for _ in range(5)]
+    ours = torch.nn.Parameter(start.clone().to(device))
+    theirs = torch.nn.Parameter(start.clone().to(device))
+    opt_ours = FusedAdamW([ours], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    opt_theirs = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    for grad in grads:
+        ours.grad, theirs.grad = grad.to(device), grad.to(device)
+        opt_ours.step()
+        opt_theirs.step()
+    torch.testing.assert_close(ours.detach(), theirs.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(opt_ours.state[ours]["exp_avg_sq"], opt_theirs.state[theirs]["exp_avg_sq"], atol=1e-7, rtol=1e-5)
+
+
+def test_bf16_step_lands_on_a_neighbour_of_the_fp32_result(device):
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(4096, generator=g)
+    grad = torch.randn(4096, generator=g)
+    p = torch.nn.Parameter(start.to(device, torch.bfloat16))
+    opt = FusedAdamW([p], lr=1e-3, weight_decay=0.0)
+    p.grad = grad.to(device, torch.bfloat16)
+    exact = start.to(torch.bfloat16).float().clone()
+    m, v = torch.zeros(4096), torch.zeros(4096)
+    adamw_reference(exact, p.grad.float().cpu(), m, v, step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+    opt.step()
+    got = p.detach().float().cpu()
+    # the two bf16 neighbours of the exact fp32 result: truncated (noise 0) and rounded away (noise 0xFFFF)
+    toward_zero = stochastic_round_bf16(exact, torch.zeros(4096, dtype=torch.int32)).float()
+    away = stochastic_round_bf16(exact, torch.full((4096,), 0xFFFF, dtype=torch.int32)).float()
+    assert bool(((got == toward_zero) | (got == away)).all())
+    assert 0.05 < float((got == away).float().mean()) < 0.95  # both directions happen
+
+
+def test_stochastic_rounding_is_unbiased():
+    x = torch.full((200_000,), 1.0 + 2**-10)  # 1/8 of the way from 1.0 to the next bf16, 1 + 2**-7
+    noise = torch.randint(0, 2**16, x.shape, generator=torch.Generator().manual_seed(0))
+    rounded = stochastic_round_bf16(x, noise).float()
+    assert set(rounded.unique().tolist()) == {1.0, 1.0 + 2**-7}
+    assert abs(rounded.mean().item() - x[0].item()) < 2e-5  # nearest rounding would give exactly 1.0
+    assert x.to(torch.bfloat16).float()[0].item() == 1.0
+
+
+def test_8bit_states_follow_fp32_adamw_and_take_two_bytes_per_parameter():
+    from koi_kernels import AdamW8bit
+
+    torch.manual_seed(0)
+    target = torch.randn(64, 300)
+    results = {}
+    for name, cls in (("fp32", torch.optim.AdamW), ("8bit", AdamW8bit)):
+        w = torch.nn.Parameter(torch.zeros(64, 300))
+        opt = cls([w], lr=3e-2, betas=(0.9, 0.95), weight_decay=0.0)
+        for _ in range(200):
+            loss = ((w - target) ** 2 * torch.linspace(0.01, 10, 300)).mean()  # curvature spread over 3 decades
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        results[name] = (w.detach().clone(), loss.item(), opt)
+    (w32, loss32, _), (w8, loss8, opt8) = results["fp32"], results["8bit"]
+    assert loss8 < 1.5 * loss32 + 1e-4 and loss8 < 0.05
+    assert (w8 - w32).abs().max() < 0.1
+    assert opt8.state_bytes() == 64 * 300 * 2 + 2 * -(-64 * 300 // 256) * 4  # fp8 m and v, one fp32 scale per 256
