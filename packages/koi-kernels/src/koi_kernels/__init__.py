@@ -12,12 +12,14 @@ from .ops.linear_ce import linear_cross_entropy
 from .ops.linear_ce_reference import linear_cross_entropy_reference
 from .ops.norm_reference import layer_norm_reference, rms_norm_reference
 from .ops.norms import layer_norm, rms_norm
+from .ops.packed_matmul import packed_linear
+from .ops.packed_matmul_reference import packed_linear_reference
 from .ops.rope import rope
 from .ops.rope_reference import rope_reference, rope_tables
 
 __version__ = "0.1.0"
 __all__ = [
-    "AdamW8bit", "FusedAdamW", "adamw_reference", "kernel_mode", "layer_norm", "layer_norm_reference", "linear_cross_entropy",
-    "linear_cross_entropy_reference", "rms_norm", "rms_norm_reference", "rope", "rope_reference", "rope_tables",
-    "stochastic_round_bf16", "use_triton",
+    "AdamW8bit", "FusedAdamW", "adamw_reference", "kernel_mode", "layer_norm", "layer_norm_reference",
+    "linear_cross_entropy", "linear_cross_entropy_reference", "packed_linear", "packed_linear_reference",
+    "rms_norm", "rms_norm_reference", "rope", "rope_reference", "rope_tables", "stochastic_round_bf16", "use_triton",
 ]
