@@ -3,6 +3,7 @@ data -> model -> quantize -> remat -> compile -> optimizer."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from .config import ConfigError, RunConfig
 from .data import RandomWindows, open_shards
 from .distributed import DistInfo, device_for, wrap_model
 from .memory_estimate import remat_report
+from .mixture import ExpertMixture, expert_layers
 from .models import build_model, count_parameters, resolve_sizes
 from .objective import NextTokenLoss
 from .optim import OptimizerSet, build_optimizer
@@ -38,6 +40,7 @@ class RunParts:
     block_size: int
     params: dict[str, int]
     report: list[str]
+    mixture: ExpertMixture | None = None
 
 
 def pick_device(name: str) -> torch.device:
@@ -70,7 +73,13 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     tokenizer = Tokenizer.load(tokenizer_path) if tokenizer_path else None
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, tokenizer.vocab_size if tokenizer else None)
+    model_cfg = cfg.model
+    if cfg.mixture.experts > 1:
+        if dist.active:
+            raise ConfigError("", "mixture.experts", "the expert mixture runs in one process; set distributed.strategy to none")
+        total_layers = resolve_sizes(cfg.model, tokenizer.vocab_size if tokenizer else None)["n_layer"]
+        model_cfg = dataclasses.replace(cfg.model, n_layer=expert_layers(total_layers, cfg.mixture))
+    model = build_model(model_cfg, tokenizer.vocab_size if tokenizer else None)
     block_size = resolve_sizes(cfg.model, tokenizer.vocab_size if tokenizer else None)["block_size"]
     train_shards = open_shards(train_patterns, field="data.train", min_tokens=block_size + 1)
     val_shards = open_shards(val_patterns, field="data.val", min_tokens=block_size + 1) if val_patterns else []
@@ -95,10 +104,17 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
         objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.train.lr, device)
     params = count_parameters(model)
+    mixture = None
+    if cfg.mixture.experts > 1:
+        mixture = ExpertMixture(model, optimizer.optimizers, cfg.mixture, cfg.seed)
+        counts = mixture.parameter_counts()
+        params = {"total": counts["total"], "trained": counts["active"]}
+        report.append(f"mixture: {cfg.mixture.experts} experts of {model.spec.n_layer} layers; only one trains at a time: "
+                      f"{params['trained']:,} of {params['total']:,} parameters ({params['trained'] / params['total']:.0%}) per step")
     report.insert(0, f"model {cfg.model.arch}: {params['total']:,} parameters, {params['trained']:,} trained every step, "
                      f"spec {json.dumps(resolve_sizes(cfg.model, tokenizer.vocab_size if tokenizer else None))}")
     report.append(f"data: {train_data.tokens:,} train tokens in {len(train_shards)} shards, "
                   f"{sum(len(s) for s in val_shards):,} val tokens; device {device}"
                   + (f"; {cfg.distributed.strategy} over {dist.world_size} processes" if dist.active else ""))
     return RunParts(device, autocast, model, objective, optimizer, train_data,
-                    val_shards, tokenizer, block_size, params, report)
+                    val_shards, tokenizer, block_size, params, report, mixture)

@@ -48,10 +48,13 @@ class Trainer:
 
     def extra_state(self) -> dict:
         """Everything but weights and optimizer state: step, data position, RNG, detector, config."""
-        return {
+        state = {
             "step": self.step, "data": self.parts.train_data.state_dict(), "rng": {"torch": torch.get_rng_state()},
             "instability": self.detector.state_dict(), "lr_cut_until": self.lr_cut_until, "config": config_to_dict(self.cfg),
         }
+        if self.parts.mixture is not None:
+            state["mixture"] = self.parts.mixture.state_dict()
+        return state
 
     def state_dict(self) -> dict:
         """Full (unsharded) state on every rank; under FSDP gathering it is a collective call."""
@@ -67,6 +70,8 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.detector.load_state_dict(state["instability"])
         self.step, self.lr_cut_until = state["step"], state["lr_cut_until"]
+        if self.parts.mixture is not None:
+            self.parts.mixture.load_state_dict(state["mixture"])
 
     def save(self) -> str:
         """Rank 0 writes; every rank waits, so nobody runs ahead of a checkpoint being written."""
@@ -148,6 +153,11 @@ class Trainer:
                 max_windows=None if full else ec.max_windows, device=p.device, max_seconds=None if full else ec.max_seconds,
             )
             record = {"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step, **est.as_record("val")}
+            if p.mixture is not None:
+                record.update(p.mixture.evaluate_experts(lambda fn: estimate_loss(
+                    fn, p.val_shards, block_size=p.block_size, batch_size=self.cfg.train.batch_size,
+                    fraction=1.0 if full else ec.sample_fraction, seed=self.cfg.seed,
+                    max_windows=None if full else ec.max_windows, device=p.device).loss))
             if ec.hellaswag:
                 result = evaluate_hellaswag(self.eval_model, self.hellaswag_examples(), block_size=p.block_size, device=p.device,
                                             limit=ec.hellaswag_limit)
@@ -208,6 +218,8 @@ class Trainer:
                 if event:
                     self._handle_event(event, metrics)
                 self.step += 1
+                if p.mixture is not None and self.step % cfg.mixture.switch == 0 and self.step < cfg.train.steps:
+                    metrics.write({"kind": "mixture_switch", "step": self.step, "active": p.mixture.switch()})
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                     record, line = reporter.record(self.step, loss, grad_norm, p.optimizer.optimizers[0].param_groups[0]["lr"])
                     metrics.write(record)
@@ -218,7 +230,7 @@ class Trainer:
                         metrics.write(last_eval)
                         bounded = ", cut short by eval.max_seconds" if last_eval["val_time_bounded"] else ""
                         self.log(f"eval step {self.step}: val loss {last_eval['val_loss']:.4f} +- {last_eval['val_stderr']:.4f} "
-                                 f"({last_eval['val_windows']} windows{bounded})")
+                                 f"({last_eval['val_windows']} windows{bounded})" + mixture_summary(last_eval))
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
                     self.save()
         except KeyboardInterrupt:
@@ -236,7 +248,8 @@ class Trainer:
         if final:
             metrics.write(final)
             kind = "full" if not final["val_sampled"] else "sampled"
-            self.log(f"final {kind} val loss {final['val_loss']:.4f} +- {final['val_stderr']:.4f} over {final['val_tokens']:,} tokens")
+            self.log(f"final {kind} val loss {final['val_loss']:.4f} +- {final['val_stderr']:.4f} over {final['val_tokens']:,} tokens"
+                     + mixture_summary(final))
             summary["val_loss"] = final["val_loss"]
         sample = self.sample_text()
         if sample is not None:
@@ -248,3 +261,10 @@ class Trainer:
             plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         self.log(f"done: {self.run_dir} (metrics.jsonl, loss.png, checkpoints/)")
         return summary
+
+
+def mixture_summary(record: dict) -> str:
+    if "expert_losses" not in record:
+        return ""
+    experts = ", ".join(f"{loss:.3f}" for loss in record["expert_losses"])
+    return f"; experts [{experts}], best #{record['best_expert']}, ensemble {record['ensemble_loss']:.4f}"

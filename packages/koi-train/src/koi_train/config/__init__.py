@@ -8,6 +8,7 @@ from .types import (
     DistributedConfig,
     EvalConfig,
     InstabilityConfig,
+    MixtureConfig,
     ModelConfig,
     OptimizerConfig,
     PrecisionConfig,
@@ -18,7 +19,7 @@ from .types import (
 )
 
 __all__ = [
-    "CheckpointConfig", "ConfigError", "DataConfig", "DistributedConfig", "EvalConfig", "InstabilityConfig",
+    "CheckpointConfig", "ConfigError", "DataConfig", "DistributedConfig", "EvalConfig", "InstabilityConfig", "MixtureConfig",
     "ModelConfig", "OptimizerConfig", "PrecisionConfig", "PrepareConfig", "RematConfig", "RunConfig",
     "TrainConfig", "config_to_dict", "load_config", "load_dict", "schema", "validate",
 ]

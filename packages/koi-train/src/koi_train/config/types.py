@@ -122,6 +122,15 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class MixtureConfig:
+    experts: int = 0
+    switch: int = 50
+    method: str = "pso"
+    social: float = 0.1
+    crossover: float = 0.05
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
@@ -136,3 +145,4 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)

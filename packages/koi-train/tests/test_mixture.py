@@ -1,0 +1,102 @@
+"""The expert mixture: exact offload and restore, the PSO step, honest parameter counts, and a run."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from conftest import tiny_config
+
+from koi_train import Trainer, load_dict
+from koi_train.config import ModelConfig
+from koi_train.models import build_model, count_parameters
+
+
+def _trainer(prepared, tmp_path, name="mix", **mixture):
+    raw = tiny_config(prepared, tmp_path, name=name, model={"n_layer": 3}, train={"steps": 12, "log_every": 1},
+                      mixture={"experts": 3, "switch": 4, **mixture}, eval={"every": 0, "max_windows": 10})
+    return Trainer(load_dict(raw), tmp_path / name, log=lambda *_: None)
+
+
+def _snapshot(trainer):
+    mixture = trainer.parts.mixture
+    weights = {n: p.detach().clone() for n, p in mixture.block_params.items()}
+    opt = trainer.parts.optimizer.optimizers[0]
+    states = {n: {k: v.clone() for k, v in opt.state[p].items()} for n, p in mixture.block_params.items()}
+    return weights, states
+
+
+def test_offload_and_restore_are_exact(prepared, tmp_path):
+    trainer = _trainer(prepared, tmp_path, social=0.0, crossover=0.0, method="pso_ga")
+    for _ in range(3):
+        loss, _ = trainer.train_step()
+        trainer._apply_update(None)
+    before = _snapshot(trainer)
+    mixture = trainer.parts.mixture
+    assert [mixture.switch() for _ in range(3)] == [1, 2, 0]  # round robin back to expert 0
+    after = _snapshot(trainer)
+    for name in before[0]:
+        assert torch.equal(before[0][name], after[0][name])
+        assert before[1][name].keys() == after[1][name].keys()
+        assert all(torch.equal(before[1][name][k], after[1][name][k]) for k in before[1][name])
+
+
+def test_pso_pulls_each_element_part_of_the_way(prepared, tmp_path):
+    trainer = _trainer(prepared, tmp_path, social=0.3, method="pso")
+    mixture = trainer.parts.mixture
+    old = {n: t.clone() for n, t in mixture.weights[1].items()}
+    best = {n: p.detach().cpu().clone() for n, p in mixture.block_params.items()}
+    mixture.switch()
+    for name, x in mixture.weights[1].items():
+        moved, gap = x - old[name], best[name] - old[name]
+        fraction = moved[gap.abs() > 1e-6] / gap[gap.abs() > 1e-6]
+        if fraction.numel():
+            assert fraction.min() >= -1e-5 and fraction.max() <= 0.3 + 1e-5 and fraction.std() > 0.01
+
+
+def test_counts_are_honest():
+    with torch.device("meta"):
+        full = count_parameters(build_model(ModelConfig(preset="gpt2-tiny", n_layer=6), tokenizer_vocab=512))["total"]
+    from koi_train.config import MixtureConfig
+    from koi_train.mixture import ExpertMixture
+
+    shallow = build_model(ModelConfig(preset="gpt2-tiny", n_layer=2), tokenizer_vocab=512)
+    counts = ExpertMixture(shallow, [], MixtureConfig(experts=3), seed=0).parameter_counts()
+    assert counts["total"] == full  # three 2-layer experts hold as many weights as the 6-layer model
+    assert counts["active"] == count_parameters(shallow)["total"] < full
+
+
+def test_mixture_run_reports_every_expert_and_the_ensemble(prepared, tmp_path):
+    trainer = _trainer(prepared, tmp_path, name="run", method="pso_ga")
+    summary = trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    switches = [r for r in records if r["kind"] == "mixture_switch"]
+    assert [(r["step"], r["active"]) for r in switches] == [(4, 1), (8, 2)]
+    final = [r for r in records if r["kind"] == "eval"][-1]
+    assert len(final["expert_losses"]) == 3 and final["best_loss"] == min(final["expert_losses"])
+    assert final["ensemble_loss"] > 0
+    assert summary["parameters_trained"] < summary["parameters"]
+
+
+def test_mixture_resumes_exactly(prepared, tmp_path):
+    import pytest
+
+    _trainer(prepared, tmp_path, name="a", method="pso_ga").fit()
+    interrupted = _trainer(prepared, tmp_path, name="b", method="pso_ga")
+
+    def stop_at_6(message):
+        if message.startswith("step      6/"):
+            raise KeyboardInterrupt
+
+    interrupted.log = stop_at_6
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    resumed = _trainer(prepared, tmp_path, name="b", method="pso_ga")
+    resumed.resume()
+    resumed.fit()
+
+    def losses(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+
+    assert losses("a") == losses("b")
