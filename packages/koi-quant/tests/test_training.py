@@ -112,3 +112,39 @@ def test_tile_scales_and_activation_quantization_through_quantize_():
     torch.testing.assert_close(layer(x), expected)
     with pytest.raises(ValueError, match="not both"):
         quantize_(Tiny(), {"mlp.*": "int4"}, group_size=32, tile=(8, 8))
+
+
+def test_learned_scale_gradients_match_lsq():
+    from koi_quant import LearnedScaleQuantize
+
+    w = torch.tensor([[0.10, -0.26, 0.03, 0.90]], requires_grad=True)
+    s = torch.tensor([[0.1]], requires_grad=True)
+    out = LearnedScaleQuantize.apply(w, s, 7)  # int4: codes in [-7, 7]
+    torch.testing.assert_close(out, torch.tensor([[0.1, -0.3, 0.0, 0.7]]))
+    out.sum().backward()
+    assert w.grad.tolist() == [[1.0, 1.0, 1.0, 0.0]]  # 0.90 / 0.1 = 9 > 7 is clipped
+    # d out / d s: (round(r) - r) inside, the clamped code outside; times 1/sqrt(4 * 7)
+    expected = ((1 - 1.0) + (-3 + 2.6) + (0 - 0.3) + 7) / (4 * 7) ** 0.5
+    assert abs(s.grad.item() - expected) < 1e-5
+
+
+def test_learnable_scales_train_and_are_parameters():
+    torch.manual_seed(0)
+    model = Tiny()
+    quantize_(model, {"mlp.*": "int4", "attn.*": "ternary"}, learnable_scales=True)
+    scales = [n for n, _ in model.named_parameters() if n.endswith("weight_scale")]
+    assert scales == ["attn.qkv.weight_scale", "attn.out.weight_scale", "mlp.0.weight_scale", "mlp.2.weight_scale"]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    idx = torch.randint(0, 50, (8, 16))
+    start = model.mlp[0].weight_scale.detach().clone()
+    losses = []
+    for _ in range(60):
+        loss = nn.functional.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+    assert not torch.equal(model.mlp[0].weight_scale, start)
+    with pytest.raises(ValueError, match="learnable scales need"):
+        quantize_(Tiny(), {"mlp.*": "fp8"}, learnable_scales=True)

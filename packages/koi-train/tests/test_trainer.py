@@ -89,6 +89,15 @@ def test_every_low_bit_format_trains(prepared, tmp_path, fmt):
     assert losses[-1] < losses[0] - 0.4, f"{fmt}: {losses[0]:.3f} -> {losses[-1]:.3f}"
 
 
+def test_learnable_scales_from_the_config(prepared, tmp_path):
+    raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": "ternary"}, "learnable_scales": True},
+                      train={"steps": 30})
+    trainer = _train(raw, tmp_path / "lsq")
+    assert sum(n.endswith("weight_scale") for n, _ in trainer.parts.model.named_parameters()) == 8
+    losses = _losses(tmp_path / "lsq")
+    assert losses[-1] < losses[0] - 0.4
+
+
 def test_precision_plan_trains(prepared, tmp_path):
     raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*.mlp.*": "ternary", "transformer.h.*.attn.*": "int8"},
                                                      "tile": [16, 16], "activations": True}, train={"steps": 30})

@@ -15,6 +15,7 @@ from torch import nn
 
 from .formats import FLOAT_FORMATS, QuantFormat, get_format
 from .granularity import PER_ROW, Granularity, per_group, per_tile
+from .learned_scale import LearnedScaleQuantize, initial_scale
 from .ste import fake_quantize_ste, quantize_activations_int8
 
 
@@ -27,20 +28,30 @@ class QuantLinear(nn.Linear):
         self.format: QuantFormat = get_format(format)
         self.granularity = granularity
         self.quantize_activations = quantize_activations
+        self.weight_scale = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, format: str, granularity: Granularity = PER_ROW,
-                    quantize_activations: bool = False) -> QuantLinear:
+                    quantize_activations: bool = False, learnable_scale: bool = False) -> QuantLinear:
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight = linear.weight  # the same Parameter: tying and optimizer state survive the swap
         new.bias = linear.bias
         new.format, new.granularity, new.quantize_activations = get_format(format), granularity, quantize_activations
+        new.weight_scale = None
+        if learnable_scale:
+            if new.format.kind not in ("int", "ternary") or granularity.kind != "row":
+                raise ValueError(f"learnable scales need a symmetric integer or ternary format with row scales, got "
+                                 f"{format} with {granularity.kind} scales")
+            new.weight_scale = nn.Parameter(initial_scale(linear.weight, new.format.qmax))
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = fake_quantize_ste(self.weight, self.format, self.granularity)
+        if self.weight_scale is not None:
+            w = LearnedScaleQuantize.apply(self.weight, self.weight_scale, self.format.qmax)
+        else:
+            w = fake_quantize_ste(self.weight, self.format, self.granularity)
         if self.quantize_activations:
             x = quantize_activations_int8(x)
         return F.linear(x, w.to(x.dtype), self.bias)
@@ -62,6 +73,7 @@ def quantize_(
     group_size: int | None = None,
     tile: tuple[int, int] | None = None,
     quantize_activations: bool = False,
+    learnable_scales: bool = False,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
 ) -> dict[str, list[str]]:
     """Swap, in place, each nn.Linear whose name matches a plan pattern for a `QuantLinear`.
@@ -89,7 +101,8 @@ def quantize_(
         if fmt in FLOAT_FORMATS:
             continue
         _set_module(model, name, QuantLinear.from_linear(module, format=fmt, granularity=granularity,
-                                                          quantize_activations=quantize_activations))
+                                                          quantize_activations=quantize_activations,
+                                                          learnable_scale=learnable_scales))
     empty = [p for p, names in matched.items() if not names]
     if empty:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:4]

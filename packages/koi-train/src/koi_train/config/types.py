@@ -76,6 +76,7 @@ class PrecisionConfig:
     group_size: int | None = None
     tile: tuple[int, int] | None = None
     activations: bool = False
+    learnable_scales: bool = False
 
 
 @dataclass(frozen=True)
