@@ -80,3 +80,26 @@ def test_parallel_sharding_is_identical_to_serial(tmp_path, data_dir, gpt2_token
     parallel = shard_files(source, gpt2_tokenizer, tmp_path / "two", shard_tokens=150_000, val_fraction=0.05, workers=2,
                            show_progress=False)
     assert [p.read_bytes() for p in serial.train + serial.val] == [p.read_bytes() for p in parallel.train + parallel.val]
+
+
+def test_shards_from_fsspec_urls(tmp_path, monkeypatch):
+    pytest.importorskip("fsspec")
+    import fsspec
+
+    from koi_tokenizer import expand_inputs
+
+    monkeypatch.setenv("KOI_CACHE", str(tmp_path / "cache"))
+    tokens = np.arange(5000, dtype=np.uint16)
+    fs = fsspec.filesystem("memory")
+    from koi_tokenizer.shards import encode_shard
+
+    for k in range(2):
+        with fs.open(f"/koi-test/data_train_{k:06d}.bin", "wb") as f:
+            f.write(encode_shard(tokens + k))
+    urls = expand_inputs(["memory://koi-test/data_train_*.bin"])
+    assert [u.rsplit("/", 1)[-1] for u in urls] == ["data_train_000000.bin", "data_train_000001.bin"]
+    np.testing.assert_array_equal(read_shard(urls[1]), tokens + 1)
+    with fs.open("/koi-test/bad.bin", "wb") as f:
+        f.write(b"\x00" * 1100)
+    with pytest.raises(ShardError, match=r"memory://koi-test/bad\.bin: header\.magic"):
+        read_shard("memory://koi-test/bad.bin")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from koi_tokenizer import read_shard
 from koi_train import Trainer, load_dict
 from koi_train.checkpoint import CheckpointError, load_checkpoint
 
@@ -154,3 +155,17 @@ def test_export_to_hf_and_back_gives_the_same_logits(prepared, tmp_path):
     model = trainer.parts.model.eval()
     idx = torch.randint(0, 512, (2, 16))
     torch.testing.assert_close(reloaded(idx), model(idx))
+
+
+def test_training_from_fsspec_urls(prepared, tmp_path, monkeypatch):
+    import fsspec
+
+    monkeypatch.setenv("KOI_CACHE", str(tmp_path / "cache"))
+    fs = fsspec.filesystem("memory")
+    for split, paths in (("train", prepared.train), ("val", prepared.val)):
+        with open(paths[0], "rb") as src, fs.open(f"/koi-run/{split}_000000.bin", "wb") as dst:
+            dst.write(src.read())
+    raw = tiny_config(prepared, tmp_path, data={"train": ["memory://koi-run/train_*.bin"], "val": ["memory://koi-run/val_*.bin"]},
+                      train={"steps": 3})
+    trainer = _train(raw, tmp_path / "remote")
+    assert trainer.parts.train_data.tokens == len(read_shard(prepared.train[0]))

@@ -60,8 +60,34 @@ def read_header(path: str | os.PathLike, header_bytes: bytes, file_size: int) ->
     return dtype, count
 
 
+def local_copy(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Download a shard named by an fsspec URL once into a local cache (atomically) and return its path."""
+    import hashlib
+
+    from .sources import _fsspec
+
+    cache = Path(cache_dir or os.environ.get("KOI_CACHE", Path.home() / ".cache" / "koi")) / "shards"
+    target = cache / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{url.rstrip('/').rsplit('/', 1)[-1]}"
+    if not target.exists():
+        try:
+            with _fsspec().open(url, "rb") as f:
+                atomic_write_bytes(target, f.read())
+        except FileNotFoundError:
+            raise ShardError(url, "file", "not found") from None
+    return target
+
+
 def read_shard(path: str | os.PathLike, *, mmap: bool = True) -> np.ndarray:
-    """Return the shard's tokens, memory-mapped by default so large shards cost no RAM."""
+    """Return the shard's tokens, memory-mapped by default so large shards cost no RAM.
+
+    An fsspec URL (s3://, gs://, https://, ...) is fetched once into ~/.cache/koi/shards (or $KOI_CACHE).
+    """
+    if "://" in str(path):
+        local = local_copy(str(path))
+        try:
+            return read_shard(local, mmap=mmap)
+        except ShardError as exc:
+            raise ShardError(path, exc.field, str(exc).split(": ", 2)[-1]) from None
     path = Path(path)
     try:
         size = path.stat().st_size

@@ -15,14 +15,11 @@ from typing import Any
 import torch
 
 from koi_tokenizer.atomic import atomic_write_bytes
+from koi_tokenizer.sources import is_url
 
 from .errors import CheckpointError
 
 STEP_FILE = re.compile(r"step_(\d{8})(\.pt)?$")  # a file, or a folder of DCP shards
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 def _fs(path: str):
@@ -36,7 +33,7 @@ def checkpoint_path(directory: str, step: int) -> str:
 
 
 def list_checkpoints(directory: str) -> list[tuple[int, str]]:
-    if _is_url(directory):
+    if is_url(directory):
         fs = _fs(directory)
         names = fs.ls(directory, detail=False) if fs.exists(directory) else []
         entries = [(n, fs.unstrip_protocol(n)) for n in names]
@@ -51,7 +48,7 @@ def save_checkpoint(directory: str, step: int, state: dict[str, Any], *, keep_la
     buffer = io.BytesIO()
     torch.save(state, buffer)
     path = checkpoint_path(directory, step)
-    if _is_url(path):
+    if is_url(path):
         fs = _fs(path)
         fs.makedirs(directory, exist_ok=True)
         with fs.open(path + ".tmp", "wb") as f:
@@ -60,7 +57,7 @@ def save_checkpoint(directory: str, step: int, state: dict[str, Any], *, keep_la
     else:
         atomic_write_bytes(path, buffer.getvalue())
     for _, old in list_checkpoints(directory)[:-keep_last]:
-        if _is_url(old):
+        if is_url(old):
             _fs(old).rm(old)
         else:
             Path(old).unlink(missing_ok=True)
@@ -72,7 +69,7 @@ REQUIRED_KEYS = ("step", "model", "optimizer", "data", "rng")
 
 def load_checkpoint(path: str) -> dict[str, Any]:
     try:
-        if _is_url(path):
+        if is_url(path):
             with _fs(path).open(path, "rb") as f:
                 state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
         else:
