@@ -5,11 +5,12 @@
     ids = tok.encode("Hello world"); text = tok.decode(ids)
 """
 
+from .atomic import atomic_write_bytes
 from .errors import DisallowedSpecialTokenError, ShardError, TokenizerFileError
 from .reference import ReferenceBPE
 from .sharding import ShardResult, is_val_document, shard_documents, shard_files
 from .shards import read_shard, write_shard
-from .sources import expand_inputs, read_text, split_documents
+from .sources import expand_inputs, is_url, read_text, split_documents
 from .tokenizer import EOT_TOKEN, Tokenizer
 from .training import train_bpe
 
@@ -22,7 +23,9 @@ __all__ = [
     "ShardResult",
     "Tokenizer",
     "TokenizerFileError",
+    "atomic_write_bytes",
     "expand_inputs",
+    "is_url",
     "read_shard",
     "read_text",
     "split_documents",

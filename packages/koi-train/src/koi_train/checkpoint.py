@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from koi_tokenizer.atomic import atomic_write_bytes
-from koi_tokenizer.sources import is_url
+from koi_tokenizer import atomic_write_bytes, is_url
 
 from .errors import CheckpointError
 

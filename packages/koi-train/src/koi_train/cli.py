@@ -45,7 +45,7 @@ def fresh_run_dir(cfg: RunConfig) -> Path:
 
 
 def _save_resolved(cfg: RunConfig, run_dir: Path) -> None:
-    from koi_tokenizer.atomic import atomic_write_bytes
+    from koi_tokenizer import atomic_write_bytes
 
     atomic_write_bytes(run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2).encode())
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from koi_tokenizer import (
     Tokenizer,
+    atomic_write_bytes,
     expand_inputs,
     is_val_document,
     read_text,
@@ -21,7 +22,6 @@ from koi_tokenizer import (
     split_documents,
     train_bpe,
 )
-from koi_tokenizer.atomic import atomic_write_bytes
 
 from .config import ConfigError, PrepareConfig
 

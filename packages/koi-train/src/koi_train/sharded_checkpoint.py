@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from koi_tokenizer.atomic import atomic_write_bytes
+from koi_tokenizer import atomic_write_bytes
 
 from .checkpoint import list_checkpoints
 from .distributed import DistInfo, barrier
