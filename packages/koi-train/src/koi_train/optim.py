@@ -116,9 +116,19 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.blocks.parameters() if p.ndim == 2 and p.requires_grad]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, device: torch.device) -> OptimizerSet:
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, device: torch.device,
+                    in_backward: bool = False) -> OptimizerSet:
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.type == "cuda"
+    if in_backward:
+        from .optim_in_backward import BackwardOptimizer
+
+        if cfg.name not in ("adamw", "adamw8bit"):
+            raise ValueError(f"optimizer.name: train.optimizer_in_backward supports adamw and adamw8bit, got {cfg.name!r}")
+        kind = AdamW8bit if cfg.name == "adamw8bit" else torch.optim.AdamW
+        extra = {"fused": fused} if kind is torch.optim.AdamW else {}
+        return BackwardOptimizer(model, lambda p: kind([p], lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                                       **extra))
     if cfg.name == "adamw8bit":
         return OptimizerSet([AdamW8bit(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])
     if cfg.name == "lion":

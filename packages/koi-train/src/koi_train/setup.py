@@ -22,6 +22,7 @@ from .mixture import ExpertMixture, expert_layers
 from .models import build_model, count_parameters, resolve_sizes
 from .objective import NextTokenLoss
 from .optim import OptimizerSet, build_optimizer
+from .optim_in_backward import check_compatible
 from .prepare import prepare_data
 from .quantize import apply_precision_plan
 from .remat import apply_remat
@@ -102,7 +103,9 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     else:  # compile, then replicate (DDP hooks see the compiled graph's buckets)
         objective = torch.compile(objective) if cfg.train.compile else objective
         objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.train.lr, device)
+    if cfg.train.optimizer_in_backward:
+        check_compatible(cfg)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.train.lr, device, in_backward=cfg.train.optimizer_in_backward)
     params = count_parameters(model)
     mixture = None
     if cfg.mixture.experts > 1:

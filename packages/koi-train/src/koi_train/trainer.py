@@ -97,12 +97,16 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         """Forward/backward over grad_accum micro-batches and a clipped update; returns (loss, grad norm)."""
         p, tc = self.parts, self.cfg.train
+        if tc.optimizer_in_backward:  # the update happens inside backward, so its lr must be set first
+            p.optimizer.set_lr_multiplier(lr_multiplier(self.step, tc))
         total = 0.0
         for _ in range(tc.grad_accum):
             x, y = p.train_data.next_batch()
             loss = self.compute_loss(x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True))
             (loss / tc.grad_accum).backward()
             total += loss.item() / tc.grad_accum
+        if tc.optimizer_in_backward:
+            return total, p.optimizer.take_grad_norm()
         params = [q for q in p.model.parameters() if q.grad is not None]
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)

@@ -53,6 +53,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     decay_fraction: float = 0.2
     grad_clip: float = 1.0
+    optimizer_in_backward: bool = False
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
