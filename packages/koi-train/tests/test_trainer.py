@@ -90,6 +90,14 @@ def test_every_low_bit_format_trains(prepared, tmp_path, fmt):
     assert losses[-1] < losses[0] - 0.4, f"{fmt}: {losses[0]:.3f} -> {losses[-1]:.3f}"
 
 
+def test_fp8_matmul_from_the_config(prepared, tmp_path):
+    raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": "fp8"}, "fp8_matmul": True}, train={"steps": 30})
+    trainer = _train(raw, tmp_path / "fp8")
+    assert sum(type(m).__name__ == "Fp8Linear" for m in trainer.parts.model.modules()) == 8
+    losses = _losses(tmp_path / "fp8")
+    assert losses[-1] < losses[0] - 0.4
+
+
 def test_learnable_scales_from_the_config(prepared, tmp_path):
     raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": "ternary"}, "learnable_scales": True},
                       train={"steps": 30})

@@ -78,6 +78,7 @@ class PrecisionConfig:
     tile: tuple[int, int] | None = None
     activations: bool = False
     learnable_scales: bool = False
+    fp8_matmul: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,71 @@
+"""Linear layers whose three matmuls run in fp8 on tensor cores (torch._scaled_mm), with row-wise scales.
+
+Forward y = x W^T with x scaled per token and W per output row (e4m3). Backward
+dx = dy W with dy per token (e5m2, gradients need the range) and W per input column; dW = dy^T x
+with dy per output feature and x per input feature. Each operand is scaled along the dimension
+the matmul keeps, which is what row-wise scaling allows; the reduction dimension is unscaled.
+Master weights stay in their own dtype: fp8 copies are made on the fly every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+
+
+def to_fp8(t: torch.Tensor, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, scale) with one fp32 scale per slice along ``dim`` kept (amax over the other dim)."""
+    amax = t.detach().abs().amax(dim=1 - dim, keepdim=True).float().clamp_min(1e-12)
+    scale = amax / torch.finfo(dtype).max
+    return (t.float() / scale).to(dtype), scale
+
+
+def scaled_matmul(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor, out_dtype) -> torch.Tensor:
+    """a (M, K) row-major fp8 with (M, 1) scales times b (K, N) column-major fp8 with (1, N) scales."""
+    return torch._scaled_mm(a, b, scale_a=a_scale, scale_b=b_scale, out_dtype=out_dtype)
+
+
+class _Fp8Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        out_dtype = x2d.dtype if x2d.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        xq, xs = to_fp8(x2d, 0, E4M3)  # per token
+        wq, ws = to_fp8(weight, 0, E4M3)  # per output row
+        y = scaled_matmul(xq, xs, wq.t(), ws.t(), out_dtype)
+        ctx.save_for_backward(x2d, weight)
+        ctx.out_dtype = out_dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x2d, weight = ctx.saved_tensors
+        dyq, dys = to_fp8(dy, 0, E5M2)  # per token
+        wq_cols, ws_cols = to_fp8(weight.t(), 0, E4M3)  # W^T (K, N): per input column of W
+        # dx (M, K) = dy (M, N) @ W (N, K); b must be column-major: W^T row-major transposed
+        dx = scaled_matmul(dyq, dys, wq_cols.t(), ws_cols.t(), ctx.out_dtype)
+        dyt_q, dyt_s = to_fp8(dy.t(), 0, E5M2)  # dy^T (N, M): per output feature
+        xt_q, xt_s = to_fp8(x2d.t(), 0, E4M3)  # x^T (K, M): per input feature
+        dw = scaled_matmul(dyt_q, dyt_s, xt_q.t(), xt_s.t(), torch.float32)
+        return dx.to(x2d.dtype), dw.to(weight.dtype)
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    y = _Fp8Linear.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
+    return y + bias.to(y.dtype) if bias is not None else y
+
+
+class Fp8Linear(nn.Linear):
+    """nn.Linear computing with fp8 matmuls; built from an existing Linear, sharing its Parameters."""
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Fp8Linear:
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.weight, new.bias = linear.weight, linear.bias
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fp8_linear(x, self.weight, self.bias)
