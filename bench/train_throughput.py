@@ -4,7 +4,8 @@ Both sides train the same sizes on the same real tokens for the same steps; the 
 tokens/s, MFU, peak GiB and Koi's ratio to the reference measured in this run.
 
     python bench/train_throughput.py                              # GPU: TARGETS.md's 124M rows
-    python bench/train_throughput.py --case 1558M-remat --steps 10
+    python bench/train_throughput.py --case 1558M-remat --steps 10 --side reference --side koi-lowmem
+    python bench/train_throughput.py --side reference --side koi --side koi-fp8 --side koi-lowmem
     python bench/train_throughput.py --device cpu --case tiny     # a quick check that it runs
 """
 
@@ -61,7 +62,8 @@ def reference_step_fn(layers, width, heads, seq, remat, device, compile_model):
     return step, sum(p.numel() for p in model.parameters())
 
 
-def koi_step_fn(layers, width, heads, seq, remat, device, compile_model):
+def koi_step_fn(layers, width, heads, seq, remat, device, compile_model, *, fp8=False, low_memory=False):
+    """Koi's model and objective; fp8: block Linears on fp8 matmuls; low_memory: 8-bit states stepped in backward."""
     from koi_train.config import ModelConfig, OptimizerConfig
     from koi_train.models import build_model
     from koi_train.objective import NextTokenLoss
@@ -69,22 +71,37 @@ def koi_step_fn(layers, width, heads, seq, remat, device, compile_model):
     from koi_train.remat import apply_remat
 
     model = build_model(ModelConfig(preset=None, n_layer=layers, n_embd=width, n_head=heads, block_size=seq, vocab_size=50304))
+    if fp8:
+        from koi_quant import quantize_
+        from koi_train.quantize import swap_in_fp8_matmuls
+
+        quantize_(model, {"transformer.h.*": "fp8"})
+        swap_in_fp8_matmuls(model)
     apply_remat(model, "full" if remat else "none")
     model.to(device)
     objective = NextTokenLoss(model)
     run = torch.compile(objective) if compile_model else objective
-    opt = build_optimizer(model, OptimizerConfig(), 6e-4, device)
+    opt = build_optimizer(model, OptimizerConfig(name="adamw8bit" if low_memory else "adamw"), 6e-4, device, in_backward=low_memory)
 
     def step(x, y):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = run(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not low_memory:  # in-backward updates cannot clip globally
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
         return loss
 
     return step, sum(p.numel() for p in model.parameters())
+
+
+SIDES = {
+    "reference": reference_step_fn,
+    "koi": koi_step_fn,
+    "koi-fp8": lambda *a: koi_step_fn(*a, fp8=True),
+    "koi-lowmem": lambda *a: koi_step_fn(*a, low_memory=True),
+}
 
 
 def measure(make, case, device, steps, warmup, compile_model, tokens):
@@ -120,6 +137,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--side", action="append", choices=list(SIDES), help="default: reference and koi")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -129,7 +147,8 @@ def main() -> None:
     tokens = real_tokens((args.steps + args.warmup + 1) * biggest + 1)
     rows = []
     for case in cases:
-        for side, make in (("reference", reference_step_fn), ("koi", koi_step_fn)):
+        for side in args.side or ["reference", "koi"]:
+            make = SIDES[side]
             result = measure(make, case, device, args.steps, args.warmup, not args.no_compile, tokens)
             rows.append({"case": case, "side": side, **result})
             torch.cuda.empty_cache() if device.type == "cuda" else None
