@@ -105,3 +105,24 @@ def test_fsdp_keeps_the_precision_plan(prepared, tmp_path):
     assert "ternary" in result.stdout and "int8" in result.stdout  # the plan is printed at start
     losses = _losses(tmp_path / "quant")
     assert losses[8] < losses[1]
+
+
+def test_one_failing_rank_stops_the_job_with_a_clear_error(prepared, tmp_path, monkeypatch):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    # Each torchrun worker imports this at start-up; rank 1 fails at step 3 as a real bug would.
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('LOCAL_RANK') == '1':\n"
+        "    from koi_train import trainer\n"
+        "    original = trainer.Trainer.train_step\n"
+        "    def failing(self):\n"
+        "        if self.step == 3:\n"
+        "            raise RuntimeError('injected failure')\n"
+        "        return original(self)\n"
+        "    trainer.Trainer.train_step = failing\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(hook) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = _run(["run", str(_config(prepared, tmp_path, "fail", "ddp", 4))], cwd=tmp_path, nproc=2)
+    assert result.returncode != 0
+    assert "koi-train: rank 1 of 2 failed: RuntimeError: injected failure" in result.stderr

@@ -5,7 +5,6 @@ Components come ready-made from `setup.build_run`; this file only calls them in 
 
 from __future__ import annotations
 
-import copy
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -215,7 +214,8 @@ class Trainer:
         try:
             while self.step < cfg.train.steps:
                 if cfg.instability.action == "rollback" and self.step % cfg.instability.window == 0:
-                    self.good_state = copy.deepcopy({"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict()})
+                    # kept in host memory, so rollback costs no GPU memory
+                    self.good_state = to_host({"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict()})
                 loss, grad_norm = self.train_step()
                 event = self.detector.check(self.step, loss, grad_norm)
                 self._apply_update(event)
@@ -272,3 +272,14 @@ def mixture_summary(record: dict) -> str:
         return ""
     experts = ", ".join(f"{loss:.3f}" for loss in record["expert_losses"])
     return f"; experts [{experts}], best #{record['best_expert']}, ensemble {record['ensemble_loss']:.4f}"
+
+
+def to_host(obj):
+    """A copy of nested dicts/lists/tuples with every tensor copied to CPU memory."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_host(v) for v in obj)
+    return obj
