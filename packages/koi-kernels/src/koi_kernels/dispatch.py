@@ -38,7 +38,3 @@ def use_triton(t: torch.Tensor) -> bool:
             raise RuntimeError("KOI_KERNELS=triton but triton is not installed")
         return True
     return t.is_cuda and triton_available()
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"

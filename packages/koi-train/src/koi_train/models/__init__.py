@@ -2,6 +2,6 @@
 
 from .gpt2 import GPT2, GPT2Spec
 from .llama import Llama, LlamaSpec
-from .registry import PRESETS, build_model, count_parameters, resolve_sizes, spec_dict
+from .registry import PRESETS, build_model, count_parameters, resolve_sizes
 
-__all__ = ["GPT2", "GPT2Spec", "Llama", "LlamaSpec", "PRESETS", "build_model", "count_parameters", "resolve_sizes", "spec_dict"]
+__all__ = ["GPT2", "GPT2Spec", "Llama", "LlamaSpec", "PRESETS", "build_model", "count_parameters", "resolve_sizes"]

@@ -6,8 +6,6 @@ GPT-2 ones (layers, width, heads); the tiny presets exist for tests and CPU quic
 
 from __future__ import annotations
 
-import dataclasses
-
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
@@ -72,10 +70,6 @@ def build_model(cfg: ModelConfig, tokenizer_vocab: int | None = None) -> nn.Modu
         tie_embeddings=bool(cfg.tie_embeddings), rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm,
     )
     return Llama(spec)
-
-
-def spec_dict(model: nn.Module) -> dict:
-    return {"arch": "gpt2" if isinstance(model, GPT2) else "llama", **dataclasses.asdict(model.spec)}
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
