@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_config
 
 from koi_tokenizer import read_shard
-from koi_train import Trainer, load_dict
+from koi_train import ConfigError, Trainer, load_dict
 from koi_train.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -88,6 +88,19 @@ def test_every_low_bit_format_trains(prepared, tmp_path, fmt):
     assert len(quantized) == 8 and all(m.format.name == fmt for m in quantized)  # 4 Linear layers x 2 blocks
     losses = _losses(tmp_path / fmt)
     assert losses[-1] < losses[0] - 0.4, f"{fmt}: {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def test_bf16_weights_with_stochastic_rounding(prepared, tmp_path):
+    raw = tiny_config(prepared, tmp_path, optimizer={"weights": "bf16"}, train={"steps": 30})
+    trainer = _train(raw, tmp_path / "bf16")
+    assert all(p.dtype == torch.bfloat16 for p in trainer.parts.model.parameters())
+    state = trainer.parts.optimizer.optimizers[0].state[trainer.parts.model.lm_head.weight]
+    assert state["exp_avg"].dtype == torch.float32
+    losses = _losses(tmp_path / "bf16")
+    assert losses[-1] < losses[0] - 0.4
+    raw = tiny_config(prepared, tmp_path, optimizer={"weights": "bf16", "name": "lion"})
+    with pytest.raises(ConfigError, match="optimizer.weights: bf16 weights need optimizer.name adamw"):
+        _train(raw, tmp_path / "bad")
 
 
 def test_fp8_matmul_from_the_config(prepared, tmp_path):

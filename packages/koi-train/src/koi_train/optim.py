@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from koi_kernels import AdamW8bit
+from koi_kernels import AdamW8bit, FusedAdamW
 
 from .config import OptimizerConfig
 
@@ -129,6 +129,10 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, device: t
         extra = {"fused": fused} if kind is torch.optim.AdamW else {}
         return BackwardOptimizer(model, lambda p: kind([p], lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
                                                        **extra))
+    if cfg.weights == "bf16":
+        if cfg.name != "adamw" or in_backward:
+            raise ValueError("optimizer.weights: bf16 weights need optimizer.name adamw without train.optimizer_in_backward")
+        return OptimizerSet([FusedAdamW(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])
     if cfg.name == "adamw8bit":
         return OptimizerSet([AdamW8bit(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])
     if cfg.name == "lion":

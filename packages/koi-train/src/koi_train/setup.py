@@ -93,6 +93,9 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
                                layers=model.spec.n_layer, bytes_per_value=2 if device.type == "cuda" else 4)
                   + (f", recomputing {len(wrapped)} modules" if wrapped else ""))
     model.to(device)
+    if cfg.optimizer.weights == "bf16":  # parameters only: buffers such as RoPE tables keep fp32
+        for param in model.parameters():
+            param.data = param.data.to(torch.bfloat16)
     autocast = pick_autocast(cfg.train.dtype, device)
     if cfg.distributed.strategy == "fsdp" and cfg.optimizer.name == "muon" and dist.active:
         raise ConfigError("", "optimizer.name", "muon needs whole matrices; use ddp, or adamw/lion with fsdp")
@@ -105,7 +108,11 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
         objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
     if cfg.train.optimizer_in_backward:
         check_compatible(cfg)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.train.lr, device, in_backward=cfg.train.optimizer_in_backward)
+    try:
+        optimizer = build_optimizer(model, cfg.optimizer, cfg.train.lr, device, in_backward=cfg.train.optimizer_in_backward)
+    except ValueError as exc:
+        field, _, problem = str(exc).partition(": ")
+        raise ConfigError("", field, problem) from None
     params = count_parameters(model)
     mixture = None
     if cfg.mixture.experts > 1:

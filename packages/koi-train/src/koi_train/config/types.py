@@ -63,6 +63,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class OptimizerConfig:
     name: str = "adamw"
+    weights: str = "fp32"
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
