@@ -190,3 +190,17 @@ def test_training_from_fsspec_urls(prepared, tmp_path, monkeypatch):
                       train={"steps": 3})
     trainer = _train(raw, tmp_path / "remote")
     assert trainer.parts.train_data.tokens == len(read_shard(prepared.train[0]))
+
+
+def test_pruning_keeps_the_newest_files_and_shard_folders(tmp_path):
+    from koi_train.checkpoint import list_checkpoints, prune_checkpoints
+
+    for step in (1, 2):
+        (tmp_path / f"step_{step:08d}.pt").write_bytes(b"x")
+    for step in (3, 4):
+        (tmp_path / f"step_{step:08d}").mkdir()
+        (tmp_path / f"step_{step:08d}" / "koi_state.pt").write_bytes(b"x")
+    prune_checkpoints(str(tmp_path), keep_last=2)
+    assert [step for step, _ in list_checkpoints(str(tmp_path))] == [3, 4]
+    prune_checkpoints(str(tmp_path), keep_last=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004"]

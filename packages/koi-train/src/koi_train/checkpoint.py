@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +56,19 @@ def save_checkpoint(directory: str, step: int, state: dict[str, Any], *, keep_la
         fs.mv(path + ".tmp", path)
     else:
         atomic_write_bytes(path, buffer.getvalue())
+    prune_checkpoints(directory, keep_last)
+    return path
+
+
+def prune_checkpoints(directory: str, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints, files or folders of DCP shards alike."""
     for _, old in list_checkpoints(directory)[:-keep_last]:
         if is_url(old):
-            _fs(old).rm(old)
+            _fs(old).rm(old, recursive=True)
+        elif Path(old).is_dir():
+            shutil.rmtree(old, ignore_errors=True)
         else:
             Path(old).unlink(missing_ok=True)
-    return path
 
 
 REQUIRED_KEYS = ("step", "model", "optimizer", "data", "rng")

@@ -30,18 +30,19 @@ def load_trained_model(path: str) -> nn.Module:
         from .sharded_checkpoint import EXTRA_FILE, load_sharded
 
         extra = torch.load(Path(checkpoint) / EXTRA_FILE, map_location="cpu", weights_only=True)
-        cfg = load_dict(extra["config"], source=f"{checkpoint} (config)")
-        vocab = _vocab_from_dcp(checkpoint)
-        model = build_model(dataclasses.replace(cfg.model, vocab_size=vocab))
+        model = _model_for(extra["config"], _vocab_from_dcp(checkpoint), checkpoint)
         load_sharded(checkpoint, model)
         return model
     state = load_checkpoint(checkpoint)
-    cfg = load_dict(state["config"], source=f"{checkpoint} (config)")
-    # The vocabulary size may have come from the tokenizer at train time; the weights say what it was.
-    vocab = state["model"]["lm_head.weight"].shape[0]
-    model = build_model(dataclasses.replace(cfg.model, vocab_size=vocab))
+    model = _model_for(state["config"], state["model"]["lm_head.weight"].shape[0], checkpoint)
     model.load_state_dict(state["model"])
     return model
+
+
+def _model_for(config: dict, vocab: int, checkpoint: str) -> nn.Module:
+    """The run's model; the vocabulary size may have come from the tokenizer at train time, so the weights say."""
+    cfg = load_dict(config, source=f"{checkpoint} (config)")
+    return build_model(dataclasses.replace(cfg.model, vocab_size=vocab))
 
 
 def _vocab_from_dcp(checkpoint: str) -> int:

@@ -74,14 +74,15 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     tokenizer = Tokenizer.load(tokenizer_path) if tokenizer_path else None
 
     torch.manual_seed(cfg.seed)
+    tokenizer_vocab = tokenizer.vocab_size if tokenizer else None
+    sizes = resolve_sizes(cfg.model, tokenizer_vocab)
     model_cfg = cfg.model
     if cfg.mixture.experts > 1:
         if dist.active:
             raise ConfigError("", "mixture.experts", "the expert mixture runs in one process; set distributed.strategy to none")
-        total_layers = resolve_sizes(cfg.model, tokenizer.vocab_size if tokenizer else None)["n_layer"]
-        model_cfg = dataclasses.replace(cfg.model, n_layer=expert_layers(total_layers, cfg.mixture))
-    model = build_model(model_cfg, tokenizer.vocab_size if tokenizer else None)
-    block_size = resolve_sizes(cfg.model, tokenizer.vocab_size if tokenizer else None)["block_size"]
+        model_cfg = dataclasses.replace(cfg.model, n_layer=expert_layers(sizes["n_layer"], cfg.mixture))
+    model = build_model(model_cfg, tokenizer_vocab)
+    block_size = sizes["block_size"]
     train_shards = open_shards(train_patterns, field="data.train", min_tokens=block_size + 1)
     val_shards = open_shards(val_patterns, field="data.val", min_tokens=block_size + 1) if val_patterns else []
     train_data = RandomWindows(train_shards, block_size=block_size, batch_size=cfg.train.batch_size, seed=cfg.seed,
@@ -122,7 +123,7 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
         report.append(f"mixture: {cfg.mixture.experts} experts of {model.spec.n_layer} layers; only one trains at a time: "
                       f"{params['trained']:,} of {params['total']:,} parameters ({params['trained'] / params['total']:.0%}) per step")
     report.insert(0, f"model {cfg.model.arch}: {params['total']:,} parameters, {params['trained']:,} trained every step, "
-                     f"spec {json.dumps(resolve_sizes(cfg.model, tokenizer.vocab_size if tokenizer else None))}")
+                     f"spec {json.dumps(sizes)}")
     report.append(f"data: {train_data.tokens:,} train tokens in {len(train_shards)} shards, "
                   f"{sum(len(s) for s in val_shards):,} val tokens; device {device}"
                   + (f"; {cfg.distributed.strategy} over {dist.world_size} processes" if dist.active else ""))

@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from koi_tokenizer import atomic_write_bytes
 
-from .checkpoint import list_checkpoints
+from .checkpoint import prune_checkpoints
 from .distributed import DistInfo, barrier
 from .errors import CheckpointError
 
@@ -53,8 +53,7 @@ def save_sharded(directory: str, step: int, model: nn.Module, optimizers: list[t
         atomic_write_bytes(tmp / EXTRA_FILE, buffer.getvalue())
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for _, old in list_checkpoints(directory)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True) if Path(old).is_dir() else Path(old).unlink(missing_ok=True)
+        prune_checkpoints(directory, keep_last)
     barrier(info)
     return str(final)
 

@@ -149,18 +149,13 @@ class Trainer:
         if not p.val_shards:
             return None
         p.model.eval()
+        windows = dict(block_size=p.block_size, batch_size=self.cfg.train.batch_size, fraction=1.0 if full else ec.sample_fraction,
+                       seed=self.cfg.seed, max_windows=None if full else ec.max_windows, device=p.device)
         with self._autocast():
-            est = estimate_loss(
-                self.eval_model, p.val_shards, block_size=p.block_size, batch_size=self.cfg.train.batch_size,
-                fraction=1.0 if full else ec.sample_fraction, seed=self.cfg.seed,
-                max_windows=None if full else ec.max_windows, device=p.device, max_seconds=None if full else ec.max_seconds,
-            )
+            est = estimate_loss(self.eval_model, p.val_shards, max_seconds=None if full else ec.max_seconds, **windows)
             record = {"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step, **est.as_record("val")}
-            if p.mixture is not None:
-                record.update(p.mixture.evaluate_experts(lambda fn: estimate_loss(
-                    fn, p.val_shards, block_size=p.block_size, batch_size=self.cfg.train.batch_size,
-                    fraction=1.0 if full else ec.sample_fraction, seed=self.cfg.seed,
-                    max_windows=None if full else ec.max_windows, device=p.device).loss))
+            if p.mixture is not None:  # every expert on the same windows, never time-bounded, so they compare
+                record.update(p.mixture.evaluate_experts(lambda fn: estimate_loss(fn, p.val_shards, **windows).loss))
             if ec.hellaswag:
                 result = evaluate_hellaswag(self.eval_model, self.hellaswag_examples(), block_size=p.block_size, device=p.device,
                                             limit=ec.hellaswag_limit)
