@@ -3,7 +3,7 @@
 Each measurement runs in its own process so the thread count is really fixed (the Rust engines
 size their thread pools at start-up). Prints a table and writes bench/results/tokenizer.json.
 
-    python bench/tokenizer.py [--data ../shared/data] [--files pydocs-val.txt ...] [--repeats 3]
+    python bench/tokenizer.py [--data ../shared/data] [--files pydocs-val.txt ...] [--repeats 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-CASES = [("koi", 1), ("tiktoken", 1), ("hf-tokenizers", 1), ("koi", 0), ("tiktoken", 0), ("hf-tokenizers", 0)]
+# (engine, threads (0 = all cores), api): "each" calls encode per document, "batch" the batch API.
+CASES = [("koi", 1, "each"), ("tiktoken", 1, "each"), ("hf-tokenizers", 1, "each"),
+         ("koi", 1, "batch"), ("tiktoken", 1, "batch"),
+         ("koi", 0, "batch"), ("tiktoken", 0, "batch"), ("hf-tokenizers", 0, "batch")]
 
 
 def _documents(files: list[Path]) -> list[str]:
@@ -51,52 +54,68 @@ def _encoder(engine: str, gpt2: Path, threads: int):
     return (lambda d: hf.encode(d).ids), (lambda ds: [e.ids for e in hf.encode_batch(ds)])
 
 
-def measure(engine: str, threads: int, files: list[Path], gpt2: Path, repeats: int) -> dict:
+def measure(engine: str, threads: int, api: str, files: list[Path], gpt2: Path, repeats: int) -> dict:
     docs = _documents(files)
     nbytes = sum(len(d.encode("utf-8")) for d in docs)
     one, many = _encoder(engine, gpt2, threads)
     times, tokens = [], 0
     for _ in range(repeats):
         start = time.perf_counter()
-        if threads == 1:
+        if api == "each":
             tokens = sum(len(one(d)) for d in docs)
         else:
             tokens = sum(len(ids) for ids in many(docs))
         times.append(time.perf_counter() - start)
     # First pass: nothing cached (Koi caches pieces it has seen). Best pass: the steady state.
-    return {"engine": engine, "threads": threads, "bytes": nbytes, "tokens": tokens, "first_seconds": times[0],
+    return {"engine": engine, "threads": threads, "api": api, "bytes": nbytes, "tokens": tokens, "first_seconds": times[0],
             "best_seconds": min(times), "MB_per_s": nbytes / times[0] / 1e6, "MB_per_s_warm": nbytes / min(times) / 1e6,
             "tokens_per_s": tokens / times[0]}
+
+
+def _summarise(results: list[dict]) -> dict:
+    """One row from several runs of a case: the median first pass and the best pass."""
+    first = sorted(r["first_seconds"] for r in results)[len(results) // 2]
+    best = min(r["best_seconds"] for r in results)
+    row = dict(results[0], first_seconds=first, best_seconds=best, rounds=len(results))
+    row.update(MB_per_s=row["bytes"] / first / 1e6, MB_per_s_warm=row["bytes"] / best / 1e6, tokens_per_s=row["tokens"] / first)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--files", nargs="*", default=["pydocs-train.txt", "linuxdocs-train.txt", "perldocs-train.txt"])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--one", nargs=2, metavar=("ENGINE", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=2, help="passes per process (the first is cold)")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per case, interleaved with the other cases")
+    parser.add_argument("--one", nargs=3, metavar=("ENGINE", "THREADS", "API"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     data = Path(args.data)
     files = [data / "corpus" / f for f in args.files]
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), files, data / "gpt2", args.repeats)))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.one[2], files, data / "gpt2", args.repeats)))
         return
     cores = os.cpu_count() or 1
-    rows = []
-    for engine, threads in CASES:
-        threads = threads or cores
-        env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"}
-        out = subprocess.run([sys.executable, __file__, "--data", args.data, "--files", *args.files, "--repeats", str(args.repeats),
-                              "--one", engine, str(threads)], env=env, capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout))
-    shard = [shard_scaling(files, data / "gpt2", workers) for workers in sorted({1, cores})]
-    base = {r["threads"]: r["MB_per_s"] for r in rows if r["engine"] == "tiktoken"}
+    # The machine's speed drifts: every case runs once per round, rounds interleave, and each case
+    # reports its median first pass and its best pass over the rounds.
+    runs: dict[tuple, list[dict]] = {}
+    for _ in range(args.rounds):
+        for engine, threads, api in CASES:
+            threads = threads or cores
+            env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"}
+            repeats = 1 if engine == "hf-tokenizers" else args.repeats  # no cache to warm
+            out = subprocess.run([sys.executable, __file__, "--data", args.data, "--files", *args.files, "--repeats", str(repeats),
+                                  "--one", engine, str(threads), api], env=env, capture_output=True, text=True, check=True)
+            runs.setdefault((engine, threads, api), []).append(json.loads(out.stdout))
+    rows = [_summarise(results) for results in runs.values()]
+    shard_runs = [shard_scaling(files, data / "gpt2", workers) for _ in range(args.rounds) for workers in sorted({1, cores})]
+    shard = [min((r for r in shard_runs if r["workers"] == w), key=lambda r: r["seconds"]) for w in sorted({1, cores})]
+    base = {(r["threads"], r["api"]): r["MB_per_s"] for r in rows if r["engine"] == "tiktoken"}
     print(f"{sum(f.stat().st_size for f in files) / 1e6:.1f} MB of real text ({', '.join(args.files)}), {cores} cores")
-    warm = {r["threads"]: r["MB_per_s_warm"] for r in rows if r["engine"] == "tiktoken"}
-    print(f"{'engine':<15}{'threads':>8}{'MB/s 1st':>10}{'Mtok/s':>9}{'vs tiktoken':>13}{'MB/s best':>11}{'vs tiktoken':>13}")
+    warm = {(r["threads"], r["api"]): r["MB_per_s_warm"] for r in rows if r["engine"] == "tiktoken"}
+    print(f"{'engine':<15}{'threads':>8}{'api':>6}{'MB/s 1st':>10}{'Mtok/s':>9}{'vs tiktoken':>13}{'MB/s best':>11}{'vs tiktoken':>13}")
     for r in rows:
-        first, best = r["MB_per_s"] / base[r["threads"]], r["MB_per_s_warm"] / warm[r["threads"]]
-        print(f"{r['engine']:<15}{r['threads']:>8}{r['MB_per_s']:>10.2f}{r['tokens_per_s'] / 1e6:>9.2f}{first:>12.2f}x"
+        first, best = r["MB_per_s"] / base[r["threads"], r["api"]], r["MB_per_s_warm"] / warm[r["threads"], r["api"]]
+        print(f"{r['engine']:<15}{r['threads']:>8}{r['api']:>6}{r['MB_per_s']:>10.2f}{r['tokens_per_s'] / 1e6:>9.2f}{first:>12.2f}x"
               f"{r['MB_per_s_warm']:>11.2f}{best:>12.2f}x")
     print(f"\n{'koi-tokenizer shard':<20}{'workers':>8}{'MB/s':>9}{'speed-up':>10}")
     for r in shard:

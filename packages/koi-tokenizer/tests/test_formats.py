@@ -30,11 +30,13 @@ def test_tiktoken_rank_file(gpt2_tokenizer, tmp_path, pydocs_val_text):
     assert loaded.encode(sample, disallowed_special=()) == gpt2_tokenizer.encode(sample, disallowed_special=())
 
 
-def test_hf_tokenizer_json(gpt2_tokenizer, tmp_path):
-    engine = gpt2_tokenizer._engine
-    from tokenizers import AddedToken
+def test_hf_tokenizer_json(gpt2_tokenizer, data_dir, tmp_path):
+    from tokenizers import AddedToken, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
 
-    engine = type(engine).from_str(engine.to_str())
+    # A tokenizer.json as HF writes it for GPT-2, built by HF from the original files.
+    engine = HFTokenizer(models.BPE.from_file(str(data_dir / "gpt2" / "vocab.json"), str(data_dir / "gpt2" / "merges.txt")))
+    engine.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     engine.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
     path = tmp_path / "tokenizer.json"
     engine.save(str(path))
@@ -63,6 +65,15 @@ def test_merge_naming_a_missing_token(tmp_path, data_dir):
     with pytest.raises(TokenizerFileError) as err:
         Tokenizer.from_gpt2_files(tmp_path / "vocab.json", data_dir / "gpt2" / "merges.txt")
     assert "merges.txt: merge" in str(err.value) and "not in the vocabulary" in str(err.value)
+
+
+def test_vocab_without_every_byte(tmp_path, data_dir):
+    vocab = json.loads((data_dir / "gpt2" / "vocab.json").read_text())
+    del vocab["Ā"]  # byte 0 in GPT-2's printable byte alphabet
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(TokenizerFileError, match=r"vocab\.json: vocabulary: expected a token for each of the 256 bytes; byte 0"):
+        Tokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
 
 
 def test_malformed_merge_line(tmp_path, data_dir):

@@ -1,94 +1,49 @@
-"""The single-thread fast path: GPT-2 pre-tokenization with Python's C regex engine, BPE once per
-distinct piece (by the HF engine, in batch), and the output assembled with numpy.
+"""The encoder's hot path: a whole text in a handful of numpy passes, no Python object per piece.
 
-Real text repeats its pieces, so after warm-up almost every piece is a dictionary hit and the
-cost is the regex scan plus one gather. Python's ``re`` has no ``\\p{L}``; the letter, number
-and white-space classes are spelled out from ``unicodedata``, exactly as the Rust engines define
-them. Runs of pure-ASCII lines use a small ASCII-only pattern that is much faster to match.
+1. `splitter.piece_bounds` finds every GPT-2 piece boundary.
+2. `piece_keys` gives every piece an exact 64-bit key (or sends it to a dict if it is long).
+3. A `PieceTable` maps all keys to cached token spans in one vectorised probe.
+4. The token ids of the whole text are one gather from the flat cache.
+
+BPE runs once per distinct piece, for all new pieces of a call together (`PieceBPE`). Real text
+repeats its pieces, so after the first megabytes almost every piece is a hit.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
-from collections.abc import Callable, Sequence
-from functools import lru_cache
-from itertools import repeat
+from collections.abc import Callable
 
 import numpy as np
 
-from .pretokenize import WHITE_SPACE
+from .piece_keys import PieceKeys, is_hashed, piece_keys, utf8_bytes
+from .piece_table import MISSING, PieceTable
+from .splitter import code_points, piece_bounds
 
-ASCII_WS = r"\t\n\x0b\x0c\r "
-ASCII_PATTERN = re.compile(
-    rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{ASCII_WS}A-Za-z0-9]+|[{ASCII_WS}]+(?![^{ASCII_WS}])|[{ASCII_WS}]+"""
-)
 MAX_CACHED_PIECES = 2_000_000
-
-
-def _char_class(accept: Callable[[int], bool]) -> str:
-    """A regex character class body covering every code point ``accept`` is true for, as ranges."""
-    parts, start = [], None
-    for cp in range(0x110000 + 1):
-        ok = cp <= 0x10FFFF and accept(cp)
-        if ok and start is None:
-            start = cp
-        elif not ok and start is not None:
-            end = cp - 1
-            parts.append(re.escape(chr(start)) if start == end else f"{re.escape(chr(start))}-{re.escape(chr(end))}")
-            start = None
-    return "".join(parts)
-
-
-@lru_cache(maxsize=1)
-def unicode_pattern() -> re.Pattern:
-    """The full GPT-2 pattern for any text (built once, about a second)."""
-    categories = [unicodedata.category(chr(cp))[0] for cp in range(0x110000)]
-    letters = _char_class(lambda cp: categories[cp] == "L")
-    numbers = _char_class(lambda cp: categories[cp] == "N")
-    space = _char_class(lambda cp: chr(cp) in WHITE_SPACE)
-    return re.compile(
-        rf"""'(?:[sdmt]|ll|ve|re)| ?[{letters}]+| ?[{numbers}]+| ?[^{space}{letters}{numbers}]+|[{space}]+(?![^{space}])|[{space}]+"""
-    )
-
-
-# A newline right after a non-space character always starts a new piece (no alternative spans
-# "x\n"), and matching from there on does not depend on what came before, so text can be cut there.
-_SAFE_CUT = re.compile(r"(?<=[^\s])(?=\n)")
-
-
-def split_pieces(text: str) -> list[str]:
-    """GPT-2 pre-tokenization of ``text``."""
-    if text.isascii():
-        return ASCII_PATTERN.findall(text)
-    pieces: list[str] = []
-    run: list[str] = []  # consecutive ASCII segments, matched together
-    for segment in _SAFE_CUT.split(text):
-        if segment.isascii():
-            run.append(segment)
-            continue
-        if run:
-            pieces += ASCII_PATTERN.findall("".join(run))
-            run = []
-        pieces += unicode_pattern().findall(segment)
-    if run:
-        pieces += ASCII_PATTERN.findall("".join(run))
-    return pieces
+_BY_TEXT = -2
+Encoder = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 
 
 class PieceCache:
     """Token ids of every distinct piece seen, stored flat so a whole text is one numpy gather."""
 
-    def __init__(self, encode_pieces: Callable[[list[str]], Sequence[Sequence[int]]]) -> None:
-        self._encode_pieces = encode_pieces
+    def __init__(self, bpe: Encoder) -> None:
+        self._bpe = bpe
         self.clear()
 
     def clear(self) -> None:
-        self.index: dict[str, int] = {}
+        self._table = PieceTable()
+        self._by_text: dict[str, int] = {}
         self._tokens = np.zeros(1 << 16, dtype=np.int64)
         self._offsets = np.zeros(1 << 12, dtype=np.int64)
         self._lengths = np.zeros(1 << 12, dtype=np.int64)
+        self._first_words = np.zeros(1 << 12, dtype=np.uint64)
+        self._last_words = np.zeros(1 << 12, dtype=np.uint64)
+        self._records = 0
         self._used = 0
+
+    def __len__(self) -> int:
+        return self._records
 
     @staticmethod
     def _grow(array: np.ndarray, needed: int) -> np.ndarray:
@@ -98,36 +53,78 @@ class PieceCache:
         bigger[: len(array)] = array
         return bigger
 
-    def _add(self, pieces: list[str]) -> None:
-        if len(self.index) + len(pieces) > MAX_CACHED_PIECES:
-            self.clear()
-        encoded = self._encode_pieces(pieces)
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        flat = np.fromiter((t for ids in encoded for t in ids), dtype=np.int64, count=int(lengths.sum()))
-        first = len(self.index)
-        self._offsets = self._grow(self._offsets, first + len(pieces))
-        self._lengths = self._grow(self._lengths, first + len(pieces))
-        self._tokens = self._grow(self._tokens, self._used + len(flat))
-        self._offsets[first : first + len(pieces)] = self._used + np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        self._lengths[first : first + len(pieces)] = lengths
-        self._tokens[self._used : self._used + len(flat)] = flat
-        self._used += len(flat)
-        self.index.update(zip(pieces, range(first, first + len(pieces))))
+    def _add(self, pieces: list[str], first_words=None, last_words=None) -> np.ndarray:
+        """BPE ``pieces`` (distinct, new) and store them; returns their record numbers."""
+        tokens, lengths = self._bpe(pieces)
+        first, count = self._records, len(pieces)
+        for name in ("_offsets", "_lengths", "_first_words", "_last_words"):
+            setattr(self, name, self._grow(getattr(self, name), first + count))
+        self._tokens = self._grow(self._tokens, self._used + len(tokens))
+        self._offsets[first : first + count] = self._used + np.cumsum(lengths) - lengths
+        self._lengths[first : first + count] = lengths
+        if first_words is not None:
+            self._first_words[first : first + count] = first_words
+            self._last_words[first : first + count] = last_words
+        self._tokens[self._used : self._used + len(tokens)] = tokens
+        self._used += len(tokens)
+        self._records += count
+        return np.arange(first, first + count)
 
-    def _piece_ids(self, pieces: list[str]) -> np.ndarray:
-        get = self.index.get
-        return np.fromiter(map(get, pieces, repeat(-1)), dtype=np.int64, count=len(pieces))
+    def _add_keyed(self, text: str, missing: np.ndarray, bounds: np.ndarray, keys: PieceKeys, records) -> None:
+        """Fill ``records[missing]`` for pieces the table lacks: BPE each distinct one once, insert it."""
+        distinct, first, where = np.unique(keys.keys[missing], return_index=True, return_inverse=True)
+        sample = missing[first]  # one position of each distinct key
+        new = self._add([text[s:e] for s, e in zip(bounds[sample].tolist(), bounds[sample + 1].tolist())],
+                        keys.first_words[sample], keys.last_words[sample])
+        self._table.insert(distinct, new)
+        records[missing] = new[where]
+        # Two different 8..16-byte pieces of this text with one key: the dict serves the second.
+        records[missing[self._differs(keys, missing, new[where])]] = _BY_TEXT
+
+    def _differs(self, keys: PieceKeys, at: np.ndarray, records: np.ndarray) -> np.ndarray:
+        """Which pieces ``at`` are not the piece stored in ``records`` (possible for hashed keys only)."""
+        return (self._first_words[records] != keys.first_words[at]) | (self._last_words[records] != keys.last_words[at])
+
+    def _add_by_text(self, text: str, at: np.ndarray, bounds: np.ndarray, records) -> None:
+        """Fill ``records[at]`` for long or colliding pieces through the dict keyed by their text."""
+        pieces = [text[s:e] for s, e in zip(bounds[at].tolist(), bounds[at + 1].tolist())]
+        new = list(dict.fromkeys(p for p in pieces if p not in self._by_text))
+        if new:
+            self._by_text.update(zip(new, self._add(new).tolist()))
+        records[at] = [self._by_text[p] for p in pieces]
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids of ordinary text (no special tokens), as an int64 array."""
-        pieces = split_pieces(text)
-        piece_ids = self._piece_ids(pieces)
-        misses = np.flatnonzero(piece_ids < 0)
-        if len(misses):
-            self._add(list(dict.fromkeys(pieces[i] for i in misses)))
-            piece_ids = self._piece_ids(pieces)
-        lengths = self._lengths[piece_ids]
-        total = int(lengths.sum())
+        return self.encode_many([text])[0]
+
+    def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        """`encode` of each text, done as one joined text so the per-call cost is paid once."""
+        if self._records > MAX_CACHED_PIECES:
+            self.clear()
+        text = "".join(texts)
+        cuts = np.cumsum([len(t) for t in texts[:-1]], dtype=np.int64)
+        points = code_points(text)
+        bounds = piece_bounds(points, cuts)
+        keys = piece_keys(*utf8_bytes(text, points, bounds))
+        records = self._table.lookup(keys.keys)
+        records[keys.long] = _BY_TEXT
+        hashed_hit = np.flatnonzero(is_hashed(keys.keys))
+        hashed_hit = hashed_hit[records[hashed_hit] >= 0]
+        records[hashed_hit[self._differs(keys, hashed_hit, records[hashed_hit])]] = _BY_TEXT
+        unresolved = np.flatnonzero(records < 0)
+        if len(unresolved):
+            missing = unresolved[records[unresolved] == MISSING]
+            if len(missing):
+                self._add_keyed(text, missing, bounds, keys, records)
+            by_text = unresolved[records[unresolved] == _BY_TEXT]
+            if len(by_text):
+                self._add_by_text(text, by_text, bounds, records)
+        lengths = self._lengths[records]
+        ends = np.cumsum(lengths)
         # position k of the output reads token offset[piece] + (k - start of that piece in the output)
-        starts = np.repeat(self._offsets[piece_ids] - (np.cumsum(lengths) - lengths), lengths)
-        return self._tokens[starts + np.arange(total)]
+        shift = np.repeat(self._offsets[records] - (ends - lengths), lengths)
+        tokens = self._tokens[shift + np.arange(len(shift))]
+        if len(texts) == 1:
+            return [tokens]
+        first_piece = np.searchsorted(bounds[:-1], cuts)  # pieces never cross a cut
+        return np.split(tokens, np.concatenate(([0], ends))[first_piece])

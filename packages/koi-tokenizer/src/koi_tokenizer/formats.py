@@ -36,7 +36,15 @@ def _read_json(path: Path) -> object:
         raise TokenizerFileError(path, "contents", f"expected JSON, got invalid text ({exc})") from None
 
 
+def _check_bytes(path: Path, vocab: dict[bytes, int]) -> None:
+    """Byte-level BPE starts from single bytes: every one of the 256 needs a token."""
+    lacking = next((b for b in range(256) if bytes([b]) not in vocab), None)
+    if lacking is not None:
+        raise TokenizerFileError(path, "vocabulary", f"expected a token for each of the 256 bytes; byte {lacking} has none")
+
+
 def _check_merges(path: Path, vocab: dict[bytes, int], merges: list[tuple[bytes, bytes]]) -> None:
+    _check_bytes(path, vocab)
     for rank, (left, right) in enumerate(merges):
         for part in (left, right, left + right):
             if part not in vocab:
@@ -78,6 +86,7 @@ def read_gpt2_files(vocab_path: str | Path, merges_path: str | Path) -> BPEData:
             raise TokenizerFileError(merges_path, f"line {lineno}", f"expected two tokens separated by a space, got {line!r}")
         where = f"line {lineno}"
         merges.append((_text_tokens_to_bytes(merges_path, where, parts[0]), _text_tokens_to_bytes(merges_path, where, parts[1])))
+    _check_bytes(vocab_path, vocab)
     _check_merges(merges_path, vocab, merges)
     return BPEData(vocab, merges, special)
 

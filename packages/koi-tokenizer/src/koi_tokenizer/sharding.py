@@ -7,13 +7,14 @@ llm.c, and shards are filled to exactly ``shard_tokens`` except the last one of 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .parallel import default_workers, encode_ordinary_parallel
+from .parallel import EncodePool, default_workers
 from .progress import Progress
 from .shards import token_dtype, write_shard
 from .sources import expand_inputs, file_size, read_text, split_documents
@@ -90,7 +91,6 @@ def shard_documents(
     prefix: str = "data",
     shard_tokens: int = 10_000_000,
     val_fraction: float = 0.0,
-    batch_documents: int = 1024,
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> ShardResult:
@@ -105,29 +105,26 @@ def shard_documents(
     dtype = token_dtype(tokenizer.vocab_size)
     writers = {s: _SplitWriter(out_dir, prefix, s, shard_tokens, dtype) for s in ("train", "val")}
     eot = np.array([tokenizer.eot_id], dtype=dtype)
-    doc_index = 0
-    batch: list[tuple[str, str]] = []
+    splits: deque[tuple[str, int]] = deque()  # split and length of each document sent to encode
+    count = 0
 
-    def flush() -> None:
-        ids = encode_ordinary_parallel(tokenizer, [doc for _, doc in batch], workers)
-        for (split, doc), doc_ids in zip(batch, ids):
+    def texts() -> Iterator[str]:
+        nonlocal count
+        for doc in documents:
+            splits.append(("val" if val_fraction and is_val_document(count, val_fraction) else "train", len(doc)))
+            count += 1
+            yield doc
+
+    with EncodePool(tokenizer, workers) as pool:
+        for doc_ids in pool.encode(texts()):
+            split, chars = splits.popleft()
             writers[split].add(np.concatenate([eot, doc_ids.astype(dtype)]))
             if progress:  # characters stand in for bytes: close enough for a rate and an ETA
-                progress.advance(len(doc), extra=f"{writers['train'].tokens + writers['val'].tokens:,} tokens")
-        batch.clear()
-
-    for doc in documents:
-        split = "val" if val_fraction and is_val_document(doc_index, val_fraction) else "train"
-        batch.append((split, doc))
-        doc_index += 1
-        if len(batch) >= batch_documents:
-            flush()
-    if batch:
-        flush()
+                progress.advance(chars, extra=f"{writers['train'].tokens + writers['val'].tokens:,} tokens")
     for writer in writers.values():
         writer.close()
     if progress:
         progress.close()
     return ShardResult(
-        writers["train"].written, writers["val"].written, writers["train"].tokens, writers["val"].tokens, doc_index
+        writers["train"].written, writers["val"].written, writers["train"].tokens, writers["val"].tokens, count
     )

@@ -1,7 +1,7 @@
-"""The public `Tokenizer`: GPT-2-exact byte-level BPE on top of the HF `tokenizers` engine.
+"""The public `Tokenizer`: GPT-2-exact byte-level BPE.
 
-The engine only ever sees ordinary text; special tokens are split out here so the rules for them
-(disallowed unless asked, as tiktoken does) live in one readable place.
+The fast path (`fast_path.PieceCache`) only ever sees ordinary text; special tokens are split out
+here so the rules for them (disallowed unless asked, as tiktoken does) live in one readable place.
 """
 
 from __future__ import annotations
@@ -12,26 +12,15 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tokenizers import Tokenizer as EngineTokenizer
-from tokenizers import decoders, models, pre_tokenizers
 
 from . import formats
-from .byte_level import bytes_to_token_text
 from .errors import DisallowedSpecialTokenError
 from .fast_path import PieceCache
 from .parallel import encode_ordinary_parallel
+from .piece_bpe import PieceBPE
 
 EOT_TOKEN = "<|endoftext|>"
 SpecialSet = Collection[str] | Literal["all"]
-
-
-def _build_engine(data: formats.BPEData) -> EngineTokenizer:
-    vocab = {bytes_to_token_text(t): i for t, i in data.vocab.items()}
-    merges = [(bytes_to_token_text(a), bytes_to_token_text(b)) for a, b in data.merges]
-    engine = EngineTokenizer(models.BPE(vocab=vocab, merges=merges, cache_capacity=200_000))
-    engine.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    engine.decoder = decoders.ByteLevel()
-    return engine
 
 
 class Tokenizer:
@@ -40,8 +29,7 @@ class Tokenizer:
     def __init__(self, data: formats.BPEData, *, name: str = "bpe") -> None:
         self.name = name
         self._data = data
-        self._engine = _build_engine(data)
-        self._pieces = PieceCache(self._engine_encode_pieces)
+        self._pieces = PieceCache(PieceBPE(data))
         self._special = dict(data.special_tokens)
         size = max([*data.vocab.values(), *self._special.values()]) + 1
         self._id_to_bytes: list[bytes] = [b""] * size
@@ -91,17 +79,21 @@ class Tokenizer:
         return self._data
 
     # encoding ---------------------------------------------------------------------------
-    def _engine_encode_pieces(self, pieces: list[str]) -> list[list[int]]:
-        """BPE of pre-tokenized pieces by the HF engine (each piece pre-tokenizes to itself)."""
-        return [e.ids for e in self._engine.encode_batch_fast(pieces, add_special_tokens=False)]
-
     def encode_ordinary_array(self, text: str) -> np.ndarray:
         """Ids of ``text`` as an int64 array, treating special-token text as plain text."""
-        return self._pieces.encode(text)
+        return self.encode_ordinary_many([text])[0]
+
+    def encode_ordinary_many(self, texts: list[str]) -> list[np.ndarray]:
+        """`encode_ordinary_array` of each text, in one pass over all of them (cheaper for many short texts)."""
+        try:
+            return self._pieces.encode_many(texts)
+        except UnicodeEncodeError:
+            # Lone surrogates are not text; like tiktoken, encode them as U+FFFD.
+            return self._pieces.encode_many([t.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for t in texts])
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode treating any special-token text as plain text."""
-        return self._pieces.encode(text).tolist()
+        return self.encode_ordinary_array(text).tolist()
 
     def _allowed(self, allowed_special: SpecialSet, disallowed_special: SpecialSet, text: str) -> set[str]:
         allowed = set(self._special) if allowed_special == "all" else set(allowed_special)
