@@ -34,3 +34,17 @@ def test_leading_dimensions_are_kept(device):
     qw.packed, qw.scale = qw.packed.to(device), qw.scale.to(device)
     x = torch.randn(2, 3, 32, device=device)
     torch.testing.assert_close(packed_linear(x, qw), packed_linear_reference(x, qw), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "ternary", "binary"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_input_gradient_matches_dequantized_matmul(fmt, dtype, device):
+    m, k, n = 19, 96, 70
+    g = torch.Generator().manual_seed(k + n)
+    qw = quantize(torch.randn(n, k, generator=g) * 0.02, fmt, per_group(16))
+    qw.packed, qw.scale = qw.packed.to(device), qw.scale.to(device)
+    x = torch.randn(m, k, generator=g).to(device, dtype).requires_grad_()
+    upstream = torch.randn(m, n, generator=g).to(device, dtype)
+    (packed_linear(x, qw) * upstream).sum().backward()
+    want = upstream.double() @ qw.dequantize(torch.float64).to(device)  # dL/dx = dL/dy @ W, in float64
+    torch.testing.assert_close(x.grad.double(), want, **TOLERANCE[dtype])

@@ -4,12 +4,17 @@ Both moments are stored in fp8 e4m3 per block of 256 values with one fp32 scale 
 signed, v as sqrt(v) (halving its dynamic range in log space, which is what an 8-bit float with
 4 exponent bits needs). e4m3's floating exponent keeps small entries of a block from collapsing
 to zero the way a linear 8-bit code would. Math runs in fp32 between loads and stores.
+
+On CUDA one Triton program per block does the whole step (`adamw8bit_triton`); `adamw8bit_reference`
+is the same step in torch ops, used elsewhere and as the kernel's yardstick.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..dispatch import use_triton
 
 BLOCK = 256
 FP8 = torch.float8_e4m3fn
@@ -47,11 +52,23 @@ class AdamW8bit(torch.optim.Optimizer):
                     state["m_codes"], state["m_scale"] = _encode(torch.zeros_like(p, dtype=torch.float32))
                     state["v_codes"], state["v_scale"] = _encode(torch.zeros_like(p, dtype=torch.float32))
                 state["step"] += 1
-                step = int(state["step"])
-                g = p.grad.float()
-                m = _decode(state["m_codes"], state["m_scale"], p).mul_(beta1).add_(g, alpha=1 - beta1)
-                v = _decode(state["v_codes"], state["v_scale"], p).square_().mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                update = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + group["eps"])
-                p.mul_(1 - group["lr"] * group["weight_decay"]).add_(update.to(p.dtype), alpha=-group["lr"])
-                state["m_codes"], state["m_scale"] = _encode(m)
-                state["v_codes"], state["v_scale"] = _encode(v.sqrt())
+                options = dict(step=int(state["step"]), lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                               weight_decay=group["weight_decay"])
+                if use_triton(p) and p.is_contiguous():
+                    from .adamw8bit_triton import adamw8bit_step
+
+                    adamw8bit_step(p, p.grad.contiguous(), state, block=BLOCK, fp8_max=FP8_MAX, **options)
+                else:
+                    adamw8bit_reference(p, p.grad, state, **options)
+
+
+def adamw8bit_reference(p: torch.Tensor, grad: torch.Tensor, state: dict, *, step: int, lr: float, beta1: float, beta2: float,
+                        eps: float, weight_decay: float) -> None:
+    """One 8-bit AdamW step in torch ops: decode the moments, update, re-encode."""
+    g = grad.float()
+    m = _decode(state["m_codes"], state["m_scale"], p).mul_(beta1).add_(g, alpha=1 - beta1)
+    v = _decode(state["v_codes"], state["v_scale"], p).square_().mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    update = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + eps)
+    p.copy_((p.float() * (1 - lr * weight_decay) - lr * update).to(p.dtype))
+    state["m_codes"], state["m_scale"] = _encode(m)
+    state["v_codes"], state["v_scale"] = _encode(v.sqrt())

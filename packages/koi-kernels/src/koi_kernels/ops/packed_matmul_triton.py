@@ -1,4 +1,5 @@
-"""Triton matmul with packed low-bit weights, dequantized in registers: y = x @ W^T.
+"""Triton matmuls with packed low-bit weights, dequantized in registers: y = x @ W^T and, for the
+backward pass, dx = dy @ W.
 
 W (N, K) is koi-quant's packed layout for row or group scales: codes row-major, 8/bits per byte,
 code j of a byte at bits [j*bits, (j+1)*bits), stored as unsigned code + offset. Each program
@@ -15,34 +16,73 @@ import triton.language as tl
 
 
 @triton.jit
+def _dequantized_tile(P, S, rn, rk, N, K, groups_per_row, group_size, offset, BITS: tl.constexpr):
+    """W[rn, rk] as fp32 (BLOCK_N, BLOCK_K), from packed codes and their group scales; 0 outside W."""
+    per_byte: tl.constexpr = 8 // BITS
+    mask_bits: tl.constexpr = (1 << BITS) - 1
+    flat = rn[:, None].to(tl.int64) * K + rk[None, :]  # code index in the row-major (N, K) layout
+    inside = (rn[:, None] < N) & (rk[None, :] < K)
+    byte = tl.load(P + flat // per_byte, mask=inside, other=0).to(tl.int32)
+    code = (byte >> ((flat % per_byte) * BITS).to(tl.int32)) & mask_bits
+    scale = tl.load(S + rn[:, None] * groups_per_row + rk[None, :] // group_size, mask=inside, other=0.0)
+    return (code - offset).to(tl.float32) * scale
+
+
+@triton.jit
 def _packed_matmul(X, P, S, Y, M, N, K, stride_xm, stride_ym, groups_per_row, group_size, offset,
                    BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Y (M, N) = X (M, K) @ W^T."""
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    per_byte: tl.constexpr = 8 // BITS
-    mask_bits: tl.constexpr = (1 << BITS) - 1
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + rm[:, None] * stride_xm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
-        flat = rn[:, None].to(tl.int64) * K + rk[None, :]  # code index in the row-major (N, K) layout
-        wmask = (rn[:, None] < N) & (rk[None, :] < K)
-        byte = tl.load(P + flat // per_byte, mask=wmask, other=0).to(tl.int32)
-        code = (byte >> ((flat % per_byte) * BITS).to(tl.int32)) & mask_bits
-        scale = tl.load(S + rn[:, None] * groups_per_row + rk[None, :] // group_size, mask=wmask, other=0.0)
-        w = (code - offset).to(tl.float32) * scale  # (BLOCK_N, BLOCK_K)
+        w = _dequantized_tile(P, S, rn, rk, N, K, groups_per_row, group_size, offset, BITS)
         acc += tl.dot(x.to(tl.float32), tl.trans(w))
     tl.store(Y + rm[:, None] * stride_ym + rn[None, :], acc.to(Y.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def packed_matmul(x2d: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, *, n: int, k: int, bits: int, offset: int,
+@triton.jit
+def _packed_matmul_input_grad(DY, P, S, DX, M, N, K, stride_dym, stride_dxm, groups_per_row, group_size, offset,
+                              BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """DX (M, K) = DY (M, N) @ W: the same dequantized tiles, reduced over N instead of K."""
+    pid_m, pid_k = tl.program_id(0), tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        rn = n0 + tl.arange(0, BLOCK_N)
+        dy = tl.load(DY + rm[:, None] * stride_dym + rn[None, :], mask=(rm[:, None] < M) & (rn[None, :] < N), other=0.0)
+        w = _dequantized_tile(P, S, rn, rk, N, K, groups_per_row, group_size, offset, BITS)
+        acc += tl.dot(dy.to(tl.float32), w)
+    tl.store(DX + rm[:, None] * stride_dxm + rk[None, :], acc.to(DX.dtype.element_ty), mask=(rm[:, None] < M) & (rk[None, :] < K))
+
+
+def _blocks(t: torch.Tensor) -> tuple[int, int, int]:
+    return (64, 64, 64) if t.is_cuda else (16, 16, 32)
+
+
+def packed_matmul(x2d: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, *, n: int, k: int, bits: int, offset: float,
                   group_size: int) -> torch.Tensor:
     m = x2d.shape[0]
     y = torch.empty(m, n, device=x2d.device, dtype=x2d.dtype)
-    block_m, block_n, block_k = (64, 64, 64) if x2d.is_cuda else (16, 16, 32)
+    block_m, block_n, block_k = _blocks(x2d)
+    scale = scale.reshape(n, -1).contiguous()
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    _packed_matmul[grid](x2d, packed, scale.reshape(n, -1).contiguous(), y, m, n, k, x2d.stride(0), y.stride(0),
-                         scale.reshape(n, -1).shape[1], group_size, offset,
+    _packed_matmul[grid](x2d, packed, scale, y, m, n, k, x2d.stride(0), y.stride(0), scale.shape[1], group_size, offset,
                          BITS=bits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return y
+
+
+def packed_matmul_input_grad(dy: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, *, n: int, k: int, bits: int,
+                             offset: float, group_size: int) -> torch.Tensor:
+    m = dy.shape[0]
+    dx = torch.empty(m, k, device=dy.device, dtype=dy.dtype)
+    block_m, block_n, block_k = _blocks(dy)
+    scale = scale.reshape(n, -1).contiguous()
+    grid = (triton.cdiv(m, block_m), triton.cdiv(k, block_k))
+    _packed_matmul_input_grad[grid](dy, packed, scale, dx, m, n, k, dy.stride(0), dx.stride(0), scale.shape[1], group_size,
+                                    offset, BITS=bits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    return dx
