@@ -18,9 +18,13 @@ from pathlib import Path
 import torch
 
 from koi_kernels import (
+    AdamW8bit,
+    fp8_linear,
     layer_norm,
     layer_norm_reference,
     linear_cross_entropy,
+    packed_linear,
+    packed_linear_reference,
     rms_norm,
     rms_norm_reference,
     rope,
@@ -113,6 +117,45 @@ def linear_ce_case(quick: bool):
     yield f"linear_ce {tokens}x{width}x{vocab}", [h, w], (one,), lambda h, w: linear_cross_entropy(h, w, t), reference, None
 
 
+def matmul_cases(quick: bool):
+    """Training matmuls at GPT-2 1558M shapes (tokens x 1600 -> 6400, the MLP up-projection), fwd + bwd.
+
+    fp8: Koi's row-scaled e4m3/e5m2 matmuls vs the bf16 matmul a user writes. Packed int4 (group
+    128, frozen weights, gradient to the input): Koi's in-kernel dequantization vs dequantize-then-matmul.
+    """
+    from koi_quant import per_group, quantize
+
+    tokens, k, n = (4096, 1600, 6400) if quick else (16384, 1600, 6400)
+    x = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
+    dy = torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16)
+    yield f"fp8 linear {tokens}x{k}x{n}", [x, w], (dy,), fp8_linear, torch.nn.functional.linear, None
+    qw = quantize(w.detach().float(), "int4", per_group(128))
+    qw.packed, qw.scale = qw.packed.cuda(), qw.scale.cuda()
+    yield f"int4 packed linear {tokens}x{k}x{n}", [x], (dy,), lambda x: packed_linear(x, qw), \
+        lambda x: packed_linear_reference(x, qw), None
+
+
+def optimizer_cases(quick: bool):
+    """One 8-bit AdamW step over a 124M-parameter tensor: the Triton kernel vs the same step in torch ops."""
+    from koi_kernels.ops import adamw8bit
+
+    numel = 16 * 2**20 if quick else 124 * 2**20
+    for side in ("koi", "eager"):
+        p = torch.nn.Parameter(torch.randn(numel, device="cuda"))
+        p.grad = torch.randn_like(p)
+        opt = AdamW8bit([p], lr=1e-4)
+        opt.step()  # states exist from here on
+        if side == "koi":
+            yield opt.step
+        else:
+            state = opt.state[p]
+            yield lambda p=p, state=state: adamw8bit.adamw8bit_reference(p, p.grad, state, step=2, lr=1e-4, beta1=0.9,
+                                                                        beta2=0.999, eps=1e-8, weight_decay=0.01)
+    # read p, g (4 + 4 bytes), m and v codes (1 + 1), write p, m, v (4 + 1 + 1): 16 bytes per parameter
+    yield numel * 16
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -121,7 +164,7 @@ def main() -> None:
         raise SystemExit("bench/kernels.py measures GPU kernels; no CUDA device here (tests cover CPU correctness)")
     ceiling = copy_bandwidth()
     rows = []
-    for case in [*norm_cases(args.quick), *rope_cases(args.quick), *linear_ce_case(args.quick)]:
+    for case in [*norm_cases(args.quick), *rope_cases(args.quick), *linear_ce_case(args.quick), *matmul_cases(args.quick)]:
         name, inputs, grads, koi, reference, moved = case
         compiled = torch.compile(reference)
         row = {"op": name}
@@ -132,6 +175,11 @@ def main() -> None:
         if moved:
             row["koi_gbps"] = moved / row["koi_ms"] / 1e6
         rows.append(row)
+    koi_step, torch_step, moved = optimizer_cases(args.quick)
+    row = {"op": "adamw8bit step 124M", "koi_ms": timed(koi_step), "eager_ms": timed(torch_step)}
+    row.update(compile_ms=row["eager_ms"], koi_gbps=moved / row["koi_ms"] / 1e6, koi_peak_gib=peak_extra_gib(koi_step),
+               eager_peak_gib=peak_extra_gib(torch_step))
+    rows.append(row)  # no compiled side: the eager torch step stands in the compile column
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; copy bandwidth {ceiling:,.0f} GB/s")
     print(f"{'op':<34}{'koi ms':>8}{'eager':>8}{'compile':>8}{'vs compile':>11}{'GB/s':>8}{'% copy':>8}{'peak GiB koi/eager':>20}")
     for r in rows:

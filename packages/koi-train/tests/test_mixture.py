@@ -100,3 +100,28 @@ def test_mixture_resumes_exactly(prepared, tmp_path):
         return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
 
     assert losses("a") == losses("b")
+
+
+def test_export_takes_one_expert_at_its_own_depth(prepared, tmp_path):
+    """Each exported expert is the model that was evaluated as that expert: same loss on the same windows."""
+    import pytest
+    from koi_eval import estimate_loss
+
+    from koi_train.config import ConfigError
+    from koi_train.load_model import load_trained_model
+
+    trainer = _trainer(prepared, tmp_path, name="run", method="pso")
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in records if r["kind"] == "eval"][-1]
+    cfg, p = trainer.cfg, trainer.parts
+    windows = dict(block_size=p.block_size, batch_size=cfg.train.batch_size, fraction=cfg.eval.sample_fraction, seed=cfg.seed,
+                   max_windows=cfg.eval.max_windows)
+    for expert, recorded in enumerate(final["expert_losses"]):
+        model = load_trained_model(str(tmp_path / "run"), expert=expert)
+        assert model.spec.n_layer == 1  # 3 layers in 3 experts
+        assert abs(estimate_loss(model, p.val_shards, **windows).loss - recorded) < 1e-5
+    best = load_trained_model(str(tmp_path / "run"))
+    assert abs(estimate_loss(best, p.val_shards, **windows).loss - final["best_loss"]) < 1e-5
+    with pytest.raises(ConfigError, match="expected an expert number in 0..2, got 3"):
+        load_trained_model(str(tmp_path / "run"), expert=3)

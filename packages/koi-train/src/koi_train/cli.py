@@ -109,7 +109,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_checkpoint
 
-    written = export_checkpoint(args.checkpoint, args.output)
+    written = export_checkpoint(args.checkpoint, args.output, args.expert)
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a checkpoint as Hugging Face safetensors + config.json")
     p.add_argument("checkpoint", help="a step_*.pt file or a run folder (latest checkpoint)")
     p.add_argument("output", help="output folder")
+    p.add_argument("--expert", type=int, metavar="N", help="mixture runs: which expert (default: the best at the last eval)")
     p.set_defaults(run=cmd_export)
     return parser
 

@@ -8,5 +8,5 @@ from .hf_io import save_hf
 from .load_model import load_trained_model
 
 
-def export_checkpoint(checkpoint: str, output: str) -> list[Path]:
-    return save_hf(load_trained_model(checkpoint), output)
+def export_checkpoint(checkpoint: str, output: str, expert: int | None = None) -> list[Path]:
+    return save_hf(load_trained_model(checkpoint, expert), output)

@@ -50,6 +50,7 @@ class ExpertMixture:
             self.weights.append(self._snapshot_weights())
         self._load_weights(self.weights[0])
         self.opt_states: list[dict | None] = [None] * cfg.experts
+        self.best_expert: int | None = None  # at the last evaluation
 
     # what a step trains, and what the model holds in all --------------------------------------
     def parameter_counts(self) -> dict[str, int]:
@@ -123,16 +124,17 @@ class ExpertMixture:
 
         ensemble_loss = evaluate(ensemble)
         self._load_weights(self.weights[self.active])
-        best = min(range(len(losses)), key=losses.__getitem__)
+        best = self.best_expert = min(range(len(losses)), key=losses.__getitem__)
         return {"expert_losses": losses, "best_expert": best, "best_loss": losses[best], "ensemble_loss": ensemble_loss}
 
     # checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         self.weights[self.active] = self._snapshot_weights()
         return {"active": self.active, "weights": self.weights, "opt_states": self.opt_states,
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), "best_expert": self.best_expert}
 
     def load_state_dict(self, state: dict) -> None:
         self.active, self.weights, self.opt_states = state["active"], state["weights"], state["opt_states"]
         self.generator.set_state(state["generator"])
+        self.best_expert = state.get("best_expert")
         self._load_weights(self.weights[self.active])

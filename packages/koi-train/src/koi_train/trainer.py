@@ -250,6 +250,8 @@ class Trainer:
             self.log(f"final {kind} val loss {final['val_loss']:.4f} +- {final['val_stderr']:.4f} over {final['val_tokens']:,} tokens"
                      + mixture_summary(final))
             summary["val_loss"] = final["val_loss"]
+            if p.mixture is not None:  # the checkpoint then names the best expert, which export takes
+                summary["checkpoint"] = self.save()
         sample = self.sample_text()
         if sample is not None:
             self.log("sample:\n" + sample)
