@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,8 +80,17 @@ def shard_files(
     """Tokenize text files, globs or URLs into shards; see `shard_documents` for the options."""
     files = expand_inputs(inputs)
     progress = Progress(sum(file_size(f) for f in files), label="shard") if show_progress else None
-    documents = (doc for path in files for doc in split_documents(read_text(path), separator))
-    return shard_documents(documents, tokenizer, out_dir, progress=progress, **options)
+    with ThreadPoolExecutor(1) as reader:
+        return shard_documents(_documents(files, separator, reader), tokenizer, out_dir, progress=progress, **options)
+
+
+def _documents(files: Sequence[str], separator: str | None, reader: ThreadPoolExecutor) -> Iterator[str]:
+    """The files' documents in order; the next file is read (I/O, off the GIL) while this one is encoded."""
+    upcoming = reader.submit(read_text, files[0]) if files else None
+    for index in range(len(files)):
+        text = upcoming.result()
+        upcoming = reader.submit(read_text, files[index + 1]) if index + 1 < len(files) else None
+        yield from split_documents(text, separator)
 
 
 def shard_documents(
