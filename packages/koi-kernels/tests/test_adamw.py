@@ -79,7 +79,7 @@ def test_8bit_states_follow_fp32_adamw_and_take_two_bytes_per_parameter(monkeypa
 @pytest.mark.parametrize("shape,dtype", [((1000,), torch.float32), ((33, 65), torch.float32), ((3, 300), torch.bfloat16)])
 def test_8bit_kernel_matches_its_torch_reference(shape, dtype, device):
     """The Triton step and the torch step, from the same states, agree on parameters and both moments."""
-    from koi_kernels.ops.adamw8bit import _decode, _encode, adamw8bit_reference
+    from koi_kernels.ops.adamw8bit import _encode, adamw8bit_reference
     from koi_kernels.ops.adamw8bit_triton import adamw8bit_step
 
     g = torch.Generator().manual_seed(sum(shape))

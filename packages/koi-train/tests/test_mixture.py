@@ -105,8 +105,8 @@ def test_mixture_resumes_exactly(prepared, tmp_path):
 def test_export_takes_one_expert_at_its_own_depth(prepared, tmp_path):
     """Each exported expert is the model that was evaluated as that expert: same loss on the same windows."""
     import pytest
-    from koi_eval import estimate_loss
 
+    from koi_eval import estimate_loss
     from koi_train.config import ConfigError
     from koi_train.load_model import load_trained_model
 

@@ -103,10 +103,13 @@ def test_bf16_weights_with_stochastic_rounding(prepared, tmp_path):
         _train(raw, tmp_path / "bad")
 
 
-def test_fp8_matmul_from_the_config(prepared, tmp_path):
-    raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": "fp8"}, "fp8_matmul": True}, train={"steps": 30})
+@pytest.mark.parametrize("scaling", ["row", "tile"])
+def test_fp8_matmul_from_the_config(prepared, tmp_path, scaling):
+    raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": "fp8"}, "fp8_matmul": True, "fp8_scaling": scaling},
+                      train={"steps": 30})
     trainer = _train(raw, tmp_path / "fp8")
-    assert sum(type(m).__name__ == "Fp8Linear" for m in trainer.parts.model.modules()) == 8
+    layers = [m for m in trainer.parts.model.modules() if type(m).__name__ == "Fp8Linear"]
+    assert len(layers) == 8 and all(m.scaling == scaling for m in layers)
     losses = _losses(tmp_path / "fp8")
     assert losses[-1] < losses[0] - 0.4
 

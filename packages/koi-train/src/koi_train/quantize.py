@@ -19,10 +19,10 @@ def apply_precision_plan(model: nn.Module, cfg: PrecisionConfig) -> list[str]:
                              learnable_scales=cfg.learnable_scales)
     except ValueError as exc:
         raise ConfigError("", "precision.plan", str(exc)) from None
-    fp8_layers = swap_in_fp8_matmuls(model) if cfg.fp8_matmul else 0
+    fp8_layers = swap_in_fp8_matmuls(model, cfg.fp8_scaling) if cfg.fp8_matmul else 0
     scales = f"{cfg.tile[0]}x{cfg.tile[1]} tiles" if cfg.tile else f"groups of {cfg.group_size}" if cfg.group_size else "rows"
     extras = (", learned" if cfg.learnable_scales else "") + (", int8 activations" if cfg.activations else "")
-    extras += f", {fp8_layers} fp8 layers on fp8 tensor-core matmuls" if cfg.fp8_matmul else ""
+    extras += f", {fp8_layers} fp8 layers on fp8 tensor-core matmuls ({cfg.fp8_scaling} scales)" if cfg.fp8_matmul else ""
     lines = [f"precision plan (scales per {scales}{extras}):"]
     for pattern, fmt in cfg.plan.items():
         names = swapped.get(pattern, [])
@@ -30,12 +30,12 @@ def apply_precision_plan(model: nn.Module, cfg: PrecisionConfig) -> list[str]:
     return lines
 
 
-def swap_in_fp8_matmuls(model: nn.Module) -> int:
+def swap_in_fp8_matmuls(model: nn.Module, scaling: str = "row") -> int:
     """Replace fake-quantized fp8 layers by real fp8 matmul layers (same Parameters); return how many."""
     swapped = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantLinear) and module.format.kind == "fp8":
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, Fp8Linear.from_linear(module))
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, Fp8Linear.from_linear(module, scaling))
             swapped += 1
     return swapped

@@ -1,16 +1,24 @@
-"""Linear layers whose three matmuls run in fp8 on tensor cores (torch._scaled_mm), with row-wise scales.
+"""Linear layers whose three matmuls run in fp8 on tensor cores, with row-wise or tile-wise scales.
 
-Forward y = x W^T with x scaled per token and W per output row (e4m3). Backward
+``scaling="row"`` (torch._scaled_mm): forward y = x W^T with x scaled per token and W per output row (e4m3). Backward
 dx = dy W with dy per token (e5m2, gradients need the range) and W per input column; dW = dy^T x
 with dy per output feature and x per input feature. Each operand is scaled along the dimension
 the matmul keeps, which is what row-wise scaling allows; the reduction dimension is unscaled.
 Master weights stay in their own dtype: fp8 copies are made on the fly every step.
+
+``scaling="tile"`` (a Triton kernel, `fp8_tile_triton`): every operand is scaled per 128-wide tile
+of the reduction dimension (activations and gradients per 1x128 tile, weights per 128x128 block)
+and all three matmuls use e4m3, as DeepSeek-V3 trains: an outlier coarsens only its own tile.
+Off CUDA the same quantized operands are multiplied by a torch reference.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ..dispatch import use_triton
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
@@ -51,8 +59,63 @@ class _Fp8Linear(torch.autograd.Function):
         return dx.to(x2d.dtype), dw.to(weight.dtype)
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    y = _Fp8Linear.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
+TILE = 128
+SCALINGS = ("row", "tile")
+
+
+def quantize_tiles(t: torch.Tensor, rows_per_block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """e4m3 codes of ``t`` (R, C) with one scale per block of ``rows_per_block`` x 128 values.
+
+    Scales come back per row, (R, ceil(C / 128)): rows of one block repeat its scale. Partial
+    blocks at the edges are scaled by what they hold.
+    """
+    rows, cols = t.shape
+    tiles = -(-cols // TILE)
+    padded = F.pad(t.detach().float(), (0, tiles * TILE - cols, 0, (-rows) % rows_per_block))
+    blocks = padded.view(-1, rows_per_block, tiles, TILE)
+    scale = (blocks.abs().amax(dim=(1, 3)) / torch.finfo(E4M3).max).clamp_min(1e-12)  # (row blocks, tiles)
+    codes = (blocks / scale[:, None, :, None]).to(E4M3).view(-1, tiles * TILE)[:rows, :cols]
+    return codes.contiguous(), scale.repeat_interleave(rows_per_block, dim=0)[:rows].contiguous()
+
+
+def dequantize_tiles(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return codes.float() * scale.repeat_interleave(TILE, dim=1)[:, : codes.shape[1]]
+
+
+def tile_matmul(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor, out_dtype) -> torch.Tensor:
+    """A (M, K) @ B (N, K)^T from tile-scaled e4m3 codes: the Triton kernel, or its torch reference."""
+    if use_triton(a):
+        from .fp8_tile_triton import tile_scaled_matmul
+
+        return tile_scaled_matmul(a, a_scale, b, b_scale, out_dtype)
+    return (dequantize_tiles(a, a_scale) @ dequantize_tiles(b, b_scale).T).to(out_dtype)
+
+
+class _Fp8TileLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        out_dtype = x2d.dtype if x2d.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        y = tile_matmul(*quantize_tiles(x2d, 1), *quantize_tiles(weight, TILE), out_dtype)
+        ctx.save_for_backward(x2d, weight)
+        ctx.out_dtype = out_dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x2d, weight = ctx.saved_tensors
+        # dx (M, K) = dy (M, N) @ W: W^T (K, N) in the same 128x128 blocks, dy per token and 128 outputs
+        dx = tile_matmul(*quantize_tiles(dy, 1), *quantize_tiles(weight.t(), TILE), ctx.out_dtype)
+        # dW (N, K) = dy^T (N, M) @ x (M, K): both re-tiled along the tokens they are summed over
+        dw = tile_matmul(*quantize_tiles(dy.t(), 1), *quantize_tiles(x2d.t(), 1), torch.float32)
+        return dx.to(x2d.dtype), dw.to(weight.dtype)
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, scaling: str = "row") -> torch.Tensor:
+    """``x @ weight.T + bias`` with all three matmuls of the layer in fp8; ``scaling`` is "row" or "tile"."""
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling: expected one of {SCALINGS}, got {scaling!r}")
+    function = _Fp8Linear if scaling == "row" else _Fp8TileLinear
+    y = function.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
     return y + bias.to(y.dtype) if bias is not None else y
 
 
@@ -60,12 +123,13 @@ class Fp8Linear(nn.Linear):
     """nn.Linear computing with fp8 matmuls; built from an existing Linear, sharing its Parameters."""
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Fp8Linear:
+    def from_linear(cls, linear: nn.Linear, scaling: str = "row") -> Fp8Linear:
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight, new.bias = linear.weight, linear.bias
+        new.scaling = scaling
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(x, self.weight, self.bias)
+        return fp8_linear(x, self.weight, self.bias, scaling=self.scaling)

@@ -80,6 +80,7 @@ class PrecisionConfig:
     activations: bool = False
     learnable_scales: bool = False
     fp8_matmul: bool = False
+    fp8_scaling: str = "row"
 
 
 @dataclass(frozen=True)
