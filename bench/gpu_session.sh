@@ -16,7 +16,7 @@ python3 -m pip install -q tokenizers jsonschema safetensors matplotlib pytest hy
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$log"
 git rev-parse --short HEAD | tee -a "$log"
 python3 -m pytest -q packages/koi-kernels/tests 2>&1 | tail -3 | tee -a "$log"
-python3 bench/kernels.py 2>&1 | tee -a "$log" | tail -12 > /tmp/koi_kernels_table.txt
+python3 bench/kernels.py 2>&1 | tee -a "$log" | tail -16 > /tmp/koi_kernels_table.txt
 python3 bench/train_throughput.py --side reference --side koi --side koi-fp8 --side koi-lowmem 2>&1 | tee -a "$log" \
   | tail -10 > /tmp/koi_train_table.txt
 python3 bench/train_throughput.py --case 1558M-remat --steps 8 --warmup 3 --side reference --side koi-lowmem 2>&1 \

@@ -6,12 +6,16 @@ the ceiling. The torch side runs the same references the tests use.
 
     python bench/kernels.py               # on a CUDA device
     python bench/kernels.py --quick       # smaller sizes
+    python bench/kernels.py --smoke       # tiny sizes on the CPU (Triton interpreter): checks the script runs
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,10 +37,19 @@ from koi_kernels import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE = "--smoke" in sys.argv
+DEVICE = "cpu" if SMOKE else "cuda"
+if SMOKE:  # the kernels run in Triton's interpreter; set before any kernel is launched
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("KOI_KERNELS", "triton")
 
 
 def timed(fn: Callable[[], None], repeats: int = 20) -> float:
     """Median milliseconds of fn() with CUDA events, after warm-up."""
+    if SMOKE:
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
@@ -52,6 +65,9 @@ def timed(fn: Callable[[], None], repeats: int = 20) -> float:
 
 
 def peak_extra_gib(fn: Callable[[], None]) -> float:
+    if SMOKE:
+        fn()
+        return 0.0
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -61,7 +77,7 @@ def peak_extra_gib(fn: Callable[[], None]) -> float:
 
 
 def copy_bandwidth() -> float:
-    x = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    x = torch.empty((1 if SMOKE else 256) * 2**20, dtype=torch.uint8, device=DEVICE)
     y = torch.empty_like(x)
     ms = timed(lambda: y.copy_(x))
     return 2 * x.numel() / ms / 1e6  # GB/s, read + write
@@ -78,12 +94,12 @@ def fwd_bwd(op, inputs, grads):
 
 
 def norm_cases(quick: bool):
-    shapes = [(8192, 768)] if quick else [(32768, 768), (8192, 1600), (16384, 4096)]
+    shapes = [(40, 96)] if SMOKE else [(8192, 768)] if quick else [(32768, 768), (8192, 1600), (16384, 4096)]
     for rows, width in shapes:
-        x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        x = torch.randn(rows, width, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
         r = torch.randn_like(x, requires_grad=True)
-        w = torch.ones(width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        b = torch.zeros(width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        w = torch.ones(width, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+        b = torch.zeros(width, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
         dy, dh = torch.randn_like(x), torch.randn_like(x)
         moved = 2 * rows * width * 2 * 4  # fwd reads x, r, writes y, h; bwd reads dy, dh, h, writes dx: ~8 tensors of 2 bytes
         yield f"rms_norm+res {rows}x{width}", [x, r, w], (dy, dh), lambda x, r, w: rms_norm(x, w, residual=r), \
@@ -93,11 +109,11 @@ def norm_cases(quick: bool):
 
 
 def rope_cases(quick: bool):
-    shapes = [(8, 12, 1024, 64)] if quick else [(32, 12, 1024, 64), (8, 25, 1024, 64)]
+    shapes = [(2, 3, 16, 16)] if SMOKE else [(8, 12, 1024, 64)] if quick else [(32, 12, 1024, 64), (8, 25, 1024, 64)]
     for shape in shapes:
-        q = torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        k = torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        cos, sin = (t.cuda() for t in rope_tables(shape[-1], shape[2]))
+        q = torch.randn(shape, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(shape, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+        cos, sin = (t.to(DEVICE) for t in rope_tables(shape[-1], shape[2]))
         dq, dk = torch.randn_like(q), torch.randn_like(k)
         moved = 2 * q.numel() * 2 * 4
         yield f"rope {'x'.join(map(str, shape))}", [q, k], (dq, dk), lambda q, k, c=cos, s=sin: rope(q, k, c, s), \
@@ -105,11 +121,11 @@ def rope_cases(quick: bool):
 
 
 def linear_ce_case(quick: bool):
-    tokens, width, vocab = (8192, 768, 50304) if quick else (32768, 768, 50304)
-    h = torch.randn(tokens, width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    w = (torch.randn(vocab, width, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
-    t = torch.randint(0, vocab, (tokens,), device="cuda")
-    one = torch.ones((), device="cuda")
+    tokens, width, vocab = (64, 32, 500) if SMOKE else (8192, 768, 50304) if quick else (32768, 768, 50304)
+    h = torch.randn(tokens, width, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(vocab, width, device=DEVICE) * 0.02).to(torch.bfloat16).requires_grad_()
+    t = torch.randint(0, vocab, (tokens,), device=DEVICE)
+    one = torch.ones((), device=DEVICE)
 
     def reference(h, w):  # what a user writes: bf16 logits, fp32 loss
         return torch.nn.functional.cross_entropy((h @ w.T).float(), t)
@@ -120,18 +136,20 @@ def linear_ce_case(quick: bool):
 def matmul_cases(quick: bool):
     """Training matmuls at GPT-2 1558M shapes (tokens x 1600 -> 6400, the MLP up-projection), fwd + bwd.
 
-    fp8: Koi's row-scaled e4m3/e5m2 matmuls vs the bf16 matmul a user writes. Packed int4 (group
+    fp8: Koi's row-scaled (torch._scaled_mm) and tile-scaled (Triton) matmuls vs the bf16 matmul a user writes. Packed int4 (group
     128, frozen weights, gradient to the input): Koi's in-kernel dequantization vs dequantize-then-matmul.
     """
     from koi_quant import per_group, quantize
 
-    tokens, k, n = (4096, 1600, 6400) if quick else (16384, 1600, 6400)
-    x = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
-    dy = torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16)
-    yield f"fp8 linear {tokens}x{k}x{n}", [x, w], (dy,), fp8_linear, torch.nn.functional.linear, None
+    tokens, k, n = (32, 320, 160) if SMOKE else (4096, 1600, 6400) if quick else (16384, 1600, 6400)
+    x = torch.randn(tokens, k, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(n, k, device=DEVICE) * 0.02).to(torch.bfloat16).requires_grad_()
+    dy = torch.randn(tokens, n, device=DEVICE, dtype=torch.bfloat16)
+    for scaling in ("row", "tile"):
+        yield f"fp8 linear ({scaling}) {tokens}x{k}x{n}", [x, w], (dy,), \
+            lambda x, w, s=scaling: fp8_linear(x, w, scaling=s), torch.nn.functional.linear, None
     qw = quantize(w.detach().float(), "int4", per_group(128))
-    qw.packed, qw.scale = qw.packed.cuda(), qw.scale.cuda()
+    qw.packed, qw.scale = qw.packed.to(DEVICE), qw.scale.to(DEVICE)
     yield f"int4 packed linear {tokens}x{k}x{n}", [x], (dy,), lambda x: packed_linear(x, qw), \
         lambda x: packed_linear_reference(x, qw), None
 
@@ -140,9 +158,9 @@ def optimizer_cases(quick: bool):
     """One 8-bit AdamW step over a 124M-parameter tensor: the Triton kernel vs the same step in torch ops."""
     from koi_kernels.ops import adamw8bit
 
-    numel = 16 * 2**20 if quick else 124 * 2**20
+    numel = 4096 if SMOKE else 16 * 2**20 if quick else 124 * 2**20
     for side in ("koi", "eager"):
-        p = torch.nn.Parameter(torch.randn(numel, device="cuda"))
+        p = torch.nn.Parameter(torch.randn(numel, device=DEVICE))
         p.grad = torch.randn_like(p)
         opt = AdamW8bit([p], lr=1e-4)
         opt.step()  # states exist from here on
@@ -150,8 +168,13 @@ def optimizer_cases(quick: bool):
             yield opt.step
         else:
             state = opt.state[p]
-            yield lambda p=p, state=state: adamw8bit.adamw8bit_reference(p, p.grad, state, step=2, lr=1e-4, beta1=0.9,
-                                                                        beta2=0.999, eps=1e-8, weight_decay=0.01)
+
+            @torch.no_grad()
+            def torch_step(p=p, state=state):
+                adamw8bit.adamw8bit_reference(p, p.grad, state, step=2, lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8,
+                                              weight_decay=0.01)
+
+            yield torch_step
     # read p, g (4 + 4 bytes), m and v codes (1 + 1), write p, m, v (4 + 1 + 1): 16 bytes per parameter
     yield numel * 16
 
@@ -159,14 +182,15 @@ def optimizer_cases(quick: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: the script runs, timings mean nothing")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if not SMOKE and not torch.cuda.is_available():
         raise SystemExit("bench/kernels.py measures GPU kernels; no CUDA device here (tests cover CPU correctness)")
     ceiling = copy_bandwidth()
     rows = []
     for case in [*norm_cases(args.quick), *rope_cases(args.quick), *linear_ce_case(args.quick), *matmul_cases(args.quick)]:
         name, inputs, grads, koi, reference, moved = case
-        compiled = torch.compile(reference)
+        compiled = reference if SMOKE else torch.compile(reference)
         row = {"op": name}
         for side, fn in (("koi", koi), ("eager", reference), ("compile", compiled)):
             run = fwd_bwd(fn, inputs, grads)
@@ -180,13 +204,14 @@ def main() -> None:
     row.update(compile_ms=row["eager_ms"], koi_gbps=moved / row["koi_ms"] / 1e6, koi_peak_gib=peak_extra_gib(koi_step),
                eager_peak_gib=peak_extra_gib(torch_step))
     rows.append(row)  # no compiled side: the eager torch step stands in the compile column
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; copy bandwidth {ceiling:,.0f} GB/s")
+    print(f"{'CPU smoke run' if SMOKE else torch.cuda.get_device_name()}, torch {torch.__version__}; copy bandwidth {ceiling:,.0f} GB/s")
     print(f"{'op':<34}{'koi ms':>8}{'eager':>8}{'compile':>8}{'vs compile':>11}{'GB/s':>8}{'% copy':>8}{'peak GiB koi/eager':>20}")
     for r in rows:
         gbps = r.get("koi_gbps")
         print(f"{r['op']:<34}{r['koi_ms']:>8.3f}{r['eager_ms']:>8.3f}{r['compile_ms']:>8.3f}{r['compile_ms'] / r['koi_ms']:>10.2f}x"
               f"{gbps or 0:>8.0f}{(gbps or 0) / ceiling:>8.0%}{r['koi_peak_gib']:>10.2f}/{r['eager_peak_gib']:.2f}")
-    (REPO / "bench" / "results" / "kernels.json").write_text(json.dumps({"copy_gbps": ceiling, "rows": rows}, indent=1))
+    if not SMOKE:
+        (REPO / "bench" / "results" / "kernels.json").write_text(json.dumps({"copy_gbps": ceiling, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
