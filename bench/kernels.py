@@ -154,29 +154,31 @@ def matmul_cases(quick: bool):
         lambda x: packed_linear_reference(x, qw), None
 
 
-def optimizer_cases(quick: bool):
-    """One 8-bit AdamW step over a 124M-parameter tensor: the Triton kernel vs the same step in torch ops."""
+def optimizer_case(quick: bool):
+    """``(koi_step, torch_step, bytes_moved)``: one 8-bit AdamW step over a 124M-parameter tensor, the
+    Triton kernel vs the same step in torch ops, each on a parameter of its own."""
     from koi_kernels.ops import adamw8bit
 
     numel = 4096 if SMOKE else 16 * 2**20 if quick else 124 * 2**20
-    for side in ("koi", "eager"):
+
+    def optimizer() -> AdamW8bit:
         p = torch.nn.Parameter(torch.randn(numel, device=DEVICE))
         p.grad = torch.randn_like(p)
         opt = AdamW8bit([p], lr=1e-4)
         opt.step()  # states exist from here on
-        if side == "koi":
-            yield opt.step
-        else:
-            state = opt.state[p]
+        return opt
 
-            @torch.no_grad()
-            def torch_step(p=p, state=state):
-                adamw8bit.adamw8bit_reference(p, p.grad, state, step=2, lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8,
-                                              weight_decay=0.01)
+    koi = optimizer()
+    reference = optimizer()
+    p = reference.param_groups[0]["params"][0]
 
-            yield torch_step
+    @torch.no_grad()
+    def torch_step():
+        adamw8bit.adamw8bit_reference(p, p.grad, reference.state[p], step=2, lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8,
+                                      weight_decay=0.01)
+
     # read p, g (4 + 4 bytes), m and v codes (1 + 1), write p, m, v (4 + 1 + 1): 16 bytes per parameter
-    yield numel * 16
+    return koi.step, torch_step, numel * 16
 
 
 def main() -> None:
@@ -199,7 +201,7 @@ def main() -> None:
         if moved:
             row["koi_gbps"] = moved / row["koi_ms"] / 1e6
         rows.append(row)
-    koi_step, torch_step, moved = optimizer_cases(args.quick)
+    koi_step, torch_step, moved = optimizer_case(args.quick)
     row = {"op": "adamw8bit step 124M", "koi_ms": timed(koi_step), "eager_ms": timed(torch_step)}
     row.update(compile_ms=row["eager_ms"], koi_gbps=moved / row["koi_ms"] / 1e6, koi_peak_gib=peak_extra_gib(koi_step),
                eager_peak_gib=peak_extra_gib(torch_step))

@@ -31,8 +31,8 @@ def unicode_to_byte() -> dict[str, int]:
 
 
 def bytes_to_token_text(data: bytes) -> str:
-    table = byte_to_unicode()
-    return "".join(table[b] for b in data)
+    # Latin-1 maps each byte to the code point of the same number, which translate() then maps.
+    return data.decode("latin-1").translate(byte_to_unicode())
 
 
 def token_text_to_bytes(text: str) -> bytes:

@@ -99,6 +99,8 @@ class PieceCache:
 
     def encode_many(self, texts: list[str]) -> list[np.ndarray]:
         """`encode` of each text, done as one joined text so the per-call cost is paid once."""
+        if not texts:
+            return []
         if self._records > MAX_CACHED_PIECES:
             self.clear()
         text = "".join(texts)

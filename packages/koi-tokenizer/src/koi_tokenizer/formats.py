@@ -36,15 +36,14 @@ def _read_json(path: Path) -> object:
         raise TokenizerFileError(path, "contents", f"expected JSON, got invalid text ({exc})") from None
 
 
-def _check_bytes(path: Path, vocab: dict[bytes, int]) -> None:
+def _check_bytes(path: Path, vocab: dict[bytes, int], field: str = "vocabulary") -> None:
     """Byte-level BPE starts from single bytes: every one of the 256 needs a token."""
     lacking = next((b for b in range(256) if bytes([b]) not in vocab), None)
     if lacking is not None:
-        raise TokenizerFileError(path, "vocabulary", f"expected a token for each of the 256 bytes; byte {lacking} has none")
+        raise TokenizerFileError(path, field, f"expected a token for each of the 256 bytes; byte {lacking} has none")
 
 
 def _check_merges(path: Path, vocab: dict[bytes, int], merges: list[tuple[bytes, bytes]]) -> None:
-    _check_bytes(path, vocab)
     for rank, (left, right) in enumerate(merges):
         for part in (left, right, left + right):
             if part not in vocab:
@@ -135,9 +134,7 @@ def read_tiktoken_file(path: str | Path, special_tokens: dict[str, int] | None =
         except (IndexError, ValueError):
             raise TokenizerFileError(path, f"line {lineno}", f"expected 'base64 rank', got {line[:60]!r}") from None
         ranks[token] = rank
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
-    if missing:
-        raise TokenizerFileError(path, "ranks", f"expected all 256 single bytes, missing {len(missing)} (first: {missing[0]})")
+    _check_bytes(path, ranks, "ranks")
     return BPEData(ranks, merges_from_ranks(ranks), dict(special_tokens or {}))
 
 
@@ -160,6 +157,7 @@ def read_hf_json(path: str | Path) -> BPEData:
         left, right = merge.split(" ") if isinstance(merge, str) else merge
         where = f"model.merges[{rank}]"
         merges.append((_text_tokens_to_bytes(path, where, left), _text_tokens_to_bytes(path, where, right)))
+    _check_bytes(path, vocab)
     _check_merges(path, vocab, merges)
     return BPEData(vocab, merges, special)
 
@@ -193,6 +191,7 @@ def read_koi_file(path: str | Path) -> BPEData:
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise TokenizerFileError(path, "tokens/merges", f"malformed entry ({exc!r})") from None
     vocab = dict(tokens)
+    _check_bytes(path, vocab)
     _check_merges(path, vocab, merges)
     return BPEData(vocab, merges, special)
 

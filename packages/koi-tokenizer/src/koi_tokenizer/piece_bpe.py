@@ -13,12 +13,10 @@ import numpy as np
 from tokenizers import models
 
 from .batch_bpe import BatchBPE
-from .byte_level import byte_to_unicode, bytes_to_token_text
+from .byte_level import bytes_to_token_text
 from .formats import BPEData
 
 BATCH_FROM = 512
-# str.translate table from Latin-1 characters (one per byte) to GPT-2's printable byte alphabet.
-_TO_BYTE_ALPHABET = {b: c for b, c in byte_to_unicode().items()}
 
 
 class PieceBPE:
@@ -30,7 +28,7 @@ class PieceBPE:
 
     def engine_encode(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
         tokenize = self.model.tokenize
-        ids = [[t.id for t in tokenize(p.encode("utf-8").decode("latin-1").translate(_TO_BYTE_ALPHABET))] for p in pieces]
+        ids = [[t.id for t in tokenize(bytes_to_token_text(p.encode("utf-8")))] for p in pieces]
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         return np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum())), lengths
 

@@ -18,21 +18,16 @@ makes this faster than Python's ``re`` (and than the Rust engines' per-piece loo
 
 from __future__ import annotations
 
-import unicodedata
-
 import numpy as np
 
-from .pretokenize import WHITE_SPACE
+from .pretokenize import is_letter, is_number, is_space
 
 LETTER, NUMBER, OTHER, SPACE = 0, 1, 2, 3
 
 
 def _class_of(code_point: int) -> int:
     char = chr(code_point)
-    if char in WHITE_SPACE:
-        return SPACE
-    major = unicodedata.category(char)[0]
-    return LETTER if major == "L" else NUMBER if major == "N" else OTHER
+    return SPACE if is_space(char) else LETTER if is_letter(char) else NUMBER if is_number(char) else OTHER
 
 
 ASCII_CLASSES = np.array([_class_of(c) for c in range(128)], dtype=np.uint8)

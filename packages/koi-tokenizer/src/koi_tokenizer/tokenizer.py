@@ -117,9 +117,9 @@ class Tokenizer:
         return re.split(pattern, text)
 
     def _encode_pieces(self, pieces_per_text: list[list[str]]) -> list[list[int]]:
-        """Encode every ordinary piece of every text in one parallel engine call, then stitch."""
+        """Encode every ordinary piece of every text in one pass, then stitch the special tokens in."""
         ordinary = [piece for pieces in pieces_per_text for piece in pieces[0::2]]
-        encoded = iter(self.encode_ordinary(piece) for piece in ordinary)
+        encoded = iter(ids.tolist() for ids in self.encode_ordinary_many(ordinary))
         out = []
         for pieces in pieces_per_text:
             ids: list[int] = []

@@ -9,7 +9,7 @@ from torch import nn
 
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import ConfigError, load_dict
-from .mixture import expert_layers
+from .mixture import expert_model_config
 from .models import build_model, resolve_sizes
 
 
@@ -38,35 +38,34 @@ def load_trained_model(path: str, expert: int | None = None) -> nn.Module:
         load_sharded(checkpoint, model)
         return model
     state = load_checkpoint(checkpoint)
-    vocab = state["model"]["lm_head.weight"].shape[0]
-    if "mixture" not in state:
-        if expert is not None:
-            raise ConfigError(checkpoint, "expert", "a run without mixture.experts has no experts to choose from")
-        model = _model_for(state["config"], vocab, checkpoint)
-        model.load_state_dict(state["model"])
-        return model
-    return _expert_model(state, vocab, checkpoint, expert)
-
-
-def _expert_model(state: dict, vocab: int, checkpoint: str, expert: int | None) -> nn.Module:
-    mixture = state["mixture"]
-    experts = len(mixture["weights"])
-    best = mixture.get("best_expert")
-    chosen = expert if expert is not None else best if best is not None else mixture["active"]
-    if not 0 <= chosen < experts:
-        raise ConfigError(checkpoint, "expert", f"expected an expert number in 0..{experts - 1}, got {chosen}")
-    cfg = load_dict(state["config"], source=f"{checkpoint} (config)")
-    depth = expert_layers(resolve_sizes(cfg.model, vocab)["n_layer"], cfg.mixture)
-    model = build_model(dataclasses.replace(cfg.model, vocab_size=vocab, n_layer=depth))
-    model.load_state_dict(state["model"])  # shared weights, and the active expert's blocks
-    model.blocks.load_state_dict(mixture["weights"][chosen])
+    mixture = state.get("mixture")
+    if mixture is None and expert is not None:
+        raise ConfigError(checkpoint, "expert", "a run without mixture.experts has no experts to choose from")
+    model = _model_for(state["config"], state["model"]["lm_head.weight"].shape[0], checkpoint, expert_depth=mixture is not None)
+    model.load_state_dict(state["model"])  # for a mixture: the shared weights, and the active expert's blocks
+    if mixture is not None:
+        model.blocks.load_state_dict(mixture["weights"][_chosen_expert(mixture, expert, checkpoint)])
     return model
 
 
-def _model_for(config: dict, vocab: int, checkpoint: str) -> nn.Module:
-    """The run's model; the vocabulary size may have come from the tokenizer at train time, so the weights say."""
+def _chosen_expert(mixture: dict, expert: int | None, checkpoint: str) -> int:
+    best = mixture.get("best_expert")
+    chosen = expert if expert is not None else best if best is not None else mixture["active"]
+    if not 0 <= chosen < len(mixture["weights"]):
+        raise ConfigError(checkpoint, "expert", f"expected an expert number in 0..{len(mixture['weights']) - 1}, got {chosen}")
+    return chosen
+
+
+def _model_for(config: dict, vocab: int, checkpoint: str, expert_depth: bool = False) -> nn.Module:
+    """The run's model; the vocabulary size may have come from the tokenizer at train time, so the weights say.
+
+    ``expert_depth``: the model of a mixture run at one expert's depth, as it trained.
+    """
     cfg = load_dict(config, source=f"{checkpoint} (config)")
-    return build_model(dataclasses.replace(cfg.model, vocab_size=vocab))
+    model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab)
+    if expert_depth:
+        model_cfg = expert_model_config(model_cfg, cfg.mixture, resolve_sizes(model_cfg)["n_layer"])
+    return build_model(model_cfg)
 
 
 def _vocab_from_dcp(checkpoint: str) -> int:

@@ -11,12 +11,13 @@ expert; active parameters are what one step trains.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .config import ConfigError, MixtureConfig
+from .config import ConfigError, MixtureConfig, ModelConfig
 
 RESIDUAL_PROJECTIONS = ("c_proj.weight", "o_proj.weight", "down_proj.weight")
 
@@ -25,6 +26,11 @@ def expert_layers(total_layers: int, cfg: MixtureConfig) -> int:
     if total_layers % cfg.experts:
         raise ConfigError("", "mixture.experts", f"expected a divisor of model.n_layer {total_layers}, got {cfg.experts}")
     return total_layers // cfg.experts
+
+
+def expert_model_config(model: ModelConfig, cfg: MixtureConfig, total_layers: int) -> ModelConfig:
+    """What the device holds in a mixture run: the configured model at one expert's depth."""
+    return dataclasses.replace(model, n_layer=expert_layers(total_layers, cfg))
 
 
 def _host(t: torch.Tensor) -> torch.Tensor:

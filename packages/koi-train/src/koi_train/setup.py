@@ -3,7 +3,6 @@ data -> model -> quantize -> remat -> compile -> optimizer."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from .config import ConfigError, RunConfig
 from .data import RandomWindows, open_shards
 from .distributed import DistInfo, device_for, wrap_model
 from .memory_estimate import remat_report
-from .mixture import ExpertMixture, expert_layers
+from .mixture import ExpertMixture, expert_model_config
 from .models import build_model, count_parameters, resolve_sizes
 from .objective import NextTokenLoss
 from .optim import OptimizerSet, build_optimizer
@@ -80,7 +79,7 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     if cfg.mixture.experts > 1:
         if dist.active:
             raise ConfigError("", "mixture.experts", "the expert mixture runs in one process; set distributed.strategy to none")
-        model_cfg = dataclasses.replace(cfg.model, n_layer=expert_layers(sizes["n_layer"], cfg.mixture))
+        model_cfg = expert_model_config(cfg.model, cfg.mixture, sizes["n_layer"])
     model = build_model(model_cfg, tokenizer_vocab)
     block_size = sizes["block_size"]
     train_shards = open_shards(train_patterns, field="data.train", min_tokens=block_size + 1)

@@ -57,7 +57,7 @@ class AdamW8bit(torch.optim.Optimizer):
                 if use_triton(p) and p.is_contiguous():
                     from .adamw8bit_triton import adamw8bit_step
 
-                    adamw8bit_step(p, p.grad.contiguous(), state, block=BLOCK, fp8_max=FP8_MAX, **options)
+                    adamw8bit_step(p, p.grad.contiguous(), state, **options)
                 else:
                     adamw8bit_reference(p, p.grad, state, **options)
 

@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .adamw8bit import BLOCK, FP8_MAX
+
 
 @triton.jit
 def _round_to_e4m3(x):
@@ -48,10 +50,10 @@ def _adamw8bit_block(P, G, M_CODES, M_SCALE, V_CODES, V_SCALE, numel, lr, beta1,
 
 
 def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, *, step: int, lr: float, beta1: float, beta2: float,
-                   eps: float, weight_decay: float, block: int, fp8_max: float) -> None:
+                   eps: float, weight_decay: float) -> None:
     """In-place update of ``p`` and of the state's ``m_codes/m_scale/v_codes/v_scale`` (see `adamw8bit`)."""
     assert p.is_contiguous() and grad.is_contiguous(), "8-bit AdamW wants contiguous parameters and gradients"
     blocks = state["m_scale"].numel()
     _adamw8bit_block[(blocks,)](p, grad, state["m_codes"], state["m_scale"], state["v_codes"], state["v_scale"], p.numel(),
                                 lr, beta1, beta2, eps, weight_decay, 1 - beta1**step, 1 - beta2**step,
-                                FP8_MAX=fp8_max, BLOCK=block)
+                                FP8_MAX=FP8_MAX, BLOCK=BLOCK)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-TILE = 128
+from .fp8_linear import TILE
 
 
 @triton.jit
