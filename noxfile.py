@@ -15,7 +15,7 @@ import subprocess
 
 import nox
 
-nox.options.sessions = ["lint", "schema", "tests"]
+nox.options.sessions = ["lint", "schema", "tests"]  # `gpu` runs only when asked for
 nox.options.default_venv_backend = "venv"
 
 PACKAGES = {
@@ -61,6 +61,32 @@ def tests(session: nox.Session, package: str) -> None:
     session.run("python", "-c", f"import importlib.util as u; extra = [m for m in {others!r} if u.find_spec(m)]; "
                 "assert not extra, f'undeclared koi packages installed: {extra}'")
     session.run("pytest", "-q", "-p", "no:cacheprovider", f"packages/{package}/tests", *session.posargs, env=test_env())
+
+
+@nox.session(venv_backend="none")
+def gpu(session: nox.Session) -> None:
+    """Every package's tests on the card, in this interpreter: your CUDA torch, no pins, no interpreter mode.
+
+    A GPU machine already holds the right torch and triton; a fresh venv would have to download a
+    multi-GB CUDA build, or (offline) could not be made at all. So this session installs only the
+    koi packages (editable, no dependencies) into the current environment and runs all tests there.
+    """
+    if not has_gpu():
+        session.error("the gpu session needs an NVIDIA GPU (nvidia-smi -L failed)")
+    session.run("python", "-c", "import torch; assert torch.cuda.is_available(), 'torch cannot see the GPU'; "
+                "print('torch', torch.__version__, 'on', torch.cuda.get_device_name())")
+    editable = [arg for name in PACKAGES for arg in ("-e", f"packages/{name}")]
+    session.run("python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *editable)
+    env = {"TRITON_INTERPRET": "0", "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+    failed = []
+    for name in PACKAGES:  # every package runs, so one failure does not hide another's
+        try:
+            session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", f"packages/{name}/tests", *session.posargs,
+                        env=env)
+        except nox.command.CommandFailed:
+            failed.append(name)
+    if failed:
+        session.error(f"tests failed on the GPU in: {', '.join(failed)}")
 
 
 @nox.session

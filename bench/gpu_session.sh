@@ -1,25 +1,40 @@
 #!/usr/bin/env bash
-# One GPU session in one script (the device time is short): install, check the kernels on the card,
-# then time everything side by side with its baseline and print the tables last.
-#   bash bench/gpu_session.sh            # from the repo root, on a CUDA machine
-# Needs ../shared/data copied into the repo's git-ignored .carry/shared/data when ../shared is absent.
-set -euo pipefail
+# One lent-GPU session in one script: install what the machine lacks, then run the named stages,
+# each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
+#   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
+# Stages: setup, parity, tests, smoke, speed. Offline machines need the wheels in .carry/whl
+# (jsonschema and friends, hatchling, nox) and ../shared/data copied to .carry/shared/data.
+set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export KOI_SHARED_DATA="${KOI_SHARED_DATA:-$(pwd)/.carry/shared/data}"
 [ -d "$KOI_SHARED_DATA" ] || KOI_SHARED_DATA="$(pwd)/../shared/data"
-export NCCL_NVLS_ENABLE=0
-log=bench/results/gpu_session.log
-mkdir -p bench/results
-python3 -m pip install -q --no-deps -e packages/koi-tokenizer -e packages/koi-quant -e packages/koi-kernels \
-  -e packages/koi-eval -e packages/koi-train 2>&1 | tail -2
-python3 -m pip install -q tokenizers jsonschema safetensors matplotlib pytest hypothesis 2>&1 | tail -2 || true
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$log"
-git rev-parse --short HEAD | tee -a "$log"
-python3 -m pytest -q packages/koi-kernels/tests 2>&1 | tail -3 | tee -a "$log"
-python3 bench/kernels.py 2>&1 | tee -a "$log" | tail -16 > /tmp/koi_kernels_table.txt
-python3 bench/train_throughput.py --side reference --side koi --side koi-fp8 --side koi-lowmem 2>&1 | tee -a "$log" \
-  | tail -10 > /tmp/koi_train_table.txt
-python3 bench/train_throughput.py --case 1558M-remat --steps 8 --warmup 3 --side reference --side koi-lowmem 2>&1 \
-  | tee -a "$log" | tail -4 > /tmp/koi_1558_table.txt
-echo "== kernels =="; cat /tmp/koi_kernels_table.txt
-echo "== training throughput =="; cat /tmp/koi_train_table.txt; cat /tmp/koi_1558_table.txt
+logs="${OUT:-bench/results}"
+mkdir -p "$logs"
+
+stage_setup() {
+  if [ -d .carry/whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile .carry/whl/*.whl 2>&1 | grep -v "^WARNING" | tail -3
+  fi
+  python3 -m pip install -q --no-deps --no-build-isolation -e packages/koi-tokenizer -e packages/koi-quant \
+    -e packages/koi-kernels -e packages/koi-eval -e packages/koi-train 2>&1 | tail -3
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
+  git rev-parse --short HEAD 2>/dev/null || true
+}
+
+stage_parity() {
+  timeout 300 python3 bench/compile_parity.py --steps 40 --layers 2 --formats bf16,int4,ternary 2>&1 | tee "$logs/parity.log"
+  TORCHINDUCTOR_MIX_ORDER_REDUCTION=0 timeout 120 python3 bench/compile_parity.py --steps 40 --layers 2 --formats int4 \
+    2>&1 | tee -a "$logs/parity.log"
+}
+
+stage_tests() {
+  timeout "${KOI_TEST_TIMEOUT:-420}" python3 -m nox -s gpu -- -q -rf --timeout 240 2>&1 | tee "$logs/tests.log" \
+    | grep -E "passed|failed|error|FAILED|ERROR|Session" | tail -40
+}
+
+for stage in "$@"; do
+  echo "== $stage =="
+  "stage_$stage"
+done

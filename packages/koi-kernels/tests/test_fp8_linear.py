@@ -24,12 +24,12 @@ def test_forward_and_backward_close_to_float64(m, k, n, device):
     x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
     y64 = x64 @ w64.T + b64
     rx, rw, rb = torch.autograd.grad(y64, [x64, w64, b64], dy.double())
-    # e4m3 keeps 3 mantissa bits (about 3% per value) and e5m2 2 bits; over sums of many products the
-    # relative error of the result is a few percent.
+    # e4m3 keeps 3 mantissa bits (about 3% per value); over sums of many products the relative
+    # error of the result is a few percent.
     assert y.dtype == torch.bfloat16 and dx.dtype == torch.bfloat16 and dw.dtype == torch.float32
     assert rel_error(y, y64) < 0.05
-    assert rel_error(dx, rx) < 0.09
-    assert rel_error(dw, rw) < 0.09
+    assert rel_error(dx, rx) < 0.06
+    assert rel_error(dw, rw) < 0.06
     assert rel_error(db, rb) < 1e-2
 
 
@@ -53,7 +53,7 @@ def test_module_shares_parameters_and_trains(device):
 
 @pytest.mark.parametrize("m,k,n", [(37, 200, 70), (64, 256, 128), (16, 1600, 136)])
 def test_tile_scaled_matmul_is_exact_on_its_quantized_operands(m, k, n, device):
-    """The kernel multiplies the tile-scaled e4m3 operands exactly (fp32 accumulation), partial tiles included."""
+    """The kernel multiplies the tile-scaled e4m3 operands exactly (up to the tensor cores' accumulation), partial tiles included."""
     from koi_kernels.ops.fp8_linear import TILE, dequantize_tiles, quantize_tiles, tile_matmul
 
     g = torch.Generator().manual_seed(m * n + k)
@@ -64,7 +64,13 @@ def test_tile_scaled_matmul_is_exact_on_its_quantized_operands(m, k, n, device):
     assert a_scale.shape == (m, -(-k // TILE)) and b_scale.shape == (n, -(-k // TILE))
     got = tile_matmul(aq.to(device), a_scale.to(device), bq.to(device), b_scale.to(device), torch.float32)
     want = dequantize_tiles(aq, a_scale).double() @ dequantize_tiles(bq, b_scale).double().T
-    torch.testing.assert_close(got.cpu().double(), want, atol=1e-5, rtol=1e-5)
+    if device.type == "cuda":
+        # Hopper's fp8 tensor cores add the products of one 128-long dot with fewer than fp32's
+        # mantissa bits (DeepSeek-V3 measured about 14); the kernel promotes to fp32 once per tile,
+        # so the error stays near 2^-14 of the result, far under a wrong scale's error (order 1).
+        assert rel_error(got.cpu(), want) < 2e-4
+    else:
+        torch.testing.assert_close(got.cpu().double(), want, atol=1e-5, rtol=1e-5)
     # the 128x128 weight blocks: rows of one block share a scale
     assert torch.equal(b_scale[: min(n, TILE)], b_scale[:1].expand(min(n, TILE), -1))
 

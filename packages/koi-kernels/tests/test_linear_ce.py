@@ -57,3 +57,37 @@ def test_shapes_3d_and_chunking_do_not_change_the_result(device, monkeypatch):
     whole = linear_cross_entropy(h.view(4, 6, 16), w, t.view(4, 6))
     chunked = linear_cross_entropy(h, w, t, chunk_rows=5)
     torch.testing.assert_close(whole, chunked)
+
+
+def test_compiles_into_one_graph_with_no_host_sync(device, monkeypatch):
+    """No graph break (a host read of the target count split every compiled step before); same loss and grads.
+
+    On the card the Triton kernel is compiled with Inductor; the interpreter cannot be traced, so on
+    CPU the torch path is traced by Dynamo alone (the graph-break check) and run eagerly.
+    """
+    if device.type != "cuda":
+        monkeypatch.setenv("KOI_KERNELS", "torch")
+    h, w, t = _inputs(64, 32, 1000, torch.float32, device, seed=11)
+
+    def loss_fn(h, w, t):
+        return linear_cross_entropy(h, w, t, chunk_rows=16)
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="inductor" if device.type == "cuda" else "eager")
+    got = compiled(h, w, t)
+    got_grads = torch.autograd.grad(got, [h, w])
+    want = loss_fn(h, w, t)
+    want_grads = torch.autograd.grad(want, [h, w])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast's bf16 head matmul is a CUDA path")
+def test_head_matmul_runs_in_autocast_dtype_on_fp32_activations():
+    """Under bf16 autocast, fp32 activations from the final norm still multiply in bf16 (not TF32)."""
+    from koi_kernels.ops.linear_ce import matmul_dtype
+
+    h = torch.randn(4, 8, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert matmul_dtype(h) == torch.bfloat16
+    assert matmul_dtype(h) == torch.float32

@@ -1,10 +1,14 @@
 """Linear layers whose three matmuls run in fp8 on tensor cores, with row-wise or tile-wise scales.
 
-``scaling="row"`` (torch._scaled_mm): forward y = x W^T with x scaled per token and W per output row (e4m3). Backward
-dx = dy W with dy per token (e5m2, gradients need the range) and W per input column; dW = dy^T x
-with dy per output feature and x per input feature. Each operand is scaled along the dimension
-the matmul keeps, which is what row-wise scaling allows; the reduction dimension is unscaled.
-Master weights stay in their own dtype: fp8 copies are made on the fly every step.
+``scaling="row"`` (torch._scaled_mm): forward y = x W^T with x scaled per token and W per output row. Backward
+dx = dy W with dy per token and W per input column; dW = dy^T x with dy per output feature and x
+per input feature. Each operand is scaled along the dimension the matmul keeps, which is what
+row-wise scaling allows; the reduction dimension is unscaled. All operands are e4m3: with a scale
+per row the gradients' range fits, and cuBLASLt's row-wise kernels take e4m3 on both sides. On the
+card, cuBLASLt wants the left operand row-major and the right one column-major and row-wise
+scales only produce bf16: `scaled_matmul` lays operands out that way (the CPU accepts anything,
+so only a CUDA test sees a wrong layout). Master weights stay in their own dtype: fp8 copies are
+made on the fly every step.
 
 ``scaling="tile"`` (a Triton kernel, `fp8_tile_triton`): every operand is scaled per 128-wide tile
 of the reduction dimension (activations and gradients per 1x128 tile, weights per 128x128 block)
@@ -20,42 +24,46 @@ from torch import nn
 
 from ..dispatch import use_triton
 
-E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+E4M3 = torch.float8_e4m3fn
 
 
 def to_fp8(t: torch.Tensor, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes, scale) with one fp32 scale per slice along ``dim`` kept (amax over the other dim)."""
+    """(codes, scale) with one fp32 scale per slice along ``dim`` kept (amax over the other dim).
+
+    Codes come back contiguous (row-major) whatever the input's strides, so a transposed view in
+    gives the row-major transpose out, which is what `scaled_matmul` needs.
+    """
     amax = t.detach().abs().amax(dim=1 - dim, keepdim=True).float().clamp_min(1e-12)
     scale = amax / torch.finfo(dtype).max
-    return (t.float() / scale).to(dtype), scale
+    return (t.float() / scale).to(dtype).contiguous(), scale
 
 
-def scaled_matmul(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor, out_dtype) -> torch.Tensor:
-    """a (M, K) row-major fp8 with (M, 1) scales times b (K, N) column-major fp8 with (1, N) scales."""
-    return torch._scaled_mm(a, b, scale_a=a_scale, scale_b=b_scale, out_dtype=out_dtype)
+def scaled_matmul(a: torch.Tensor, a_scale: torch.Tensor, b_rows: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
+    """bf16 ``a @ b_rows.T`` from row-major fp8 ``a`` (M, K), scales (M, 1), and ``b_rows`` (N, K), scales (N, 1).
+
+    ``b_rows.t()`` is the column-major (K, N) operand cuBLASLt asks for; its scales go in as (1, N).
+    """
+    return torch._scaled_mm(a, b_rows.t(), scale_a=a_scale.contiguous(), scale_b=b_scale.reshape(1, -1).contiguous(),
+                            out_dtype=torch.bfloat16)
 
 
 class _Fp8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         out_dtype = x2d.dtype if x2d.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        xq, xs = to_fp8(x2d, 0, E4M3)  # per token
-        wq, ws = to_fp8(weight, 0, E4M3)  # per output row
-        y = scaled_matmul(xq, xs, wq.t(), ws.t(), out_dtype)
+        # y (M, N) = x (M, K) @ W^T: x per token, W per output row
+        y = scaled_matmul(*to_fp8(x2d, 0, E4M3), *to_fp8(weight, 0, E4M3))
         ctx.save_for_backward(x2d, weight)
         ctx.out_dtype = out_dtype
-        return y
+        return y.to(out_dtype)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x2d, weight = ctx.saved_tensors
-        dyq, dys = to_fp8(dy, 0, E5M2)  # per token
-        wq_cols, ws_cols = to_fp8(weight.t(), 0, E4M3)  # W^T (K, N): per input column of W
-        # dx (M, K) = dy (M, N) @ W (N, K); b must be column-major: W^T row-major transposed
-        dx = scaled_matmul(dyq, dys, wq_cols.t(), ws_cols.t(), ctx.out_dtype)
-        dyt_q, dyt_s = to_fp8(dy.t(), 0, E5M2)  # dy^T (N, M): per output feature
-        xt_q, xt_s = to_fp8(x2d.t(), 0, E4M3)  # x^T (K, M): per input feature
-        dw = scaled_matmul(dyt_q, dyt_s, xt_q.t(), xt_s.t(), torch.float32)
+        # dx (M, K) = dy (M, N) @ W (N, K): dy per token, W per input column (rows of W^T)
+        dx = scaled_matmul(*to_fp8(dy, 0, E4M3), *to_fp8(weight.t(), 0, E4M3))
+        # dW (N, K) = dy^T (N, M) @ x (M, K): dy per output feature, x per input feature (rows of x^T)
+        dw = scaled_matmul(*to_fp8(dy.t(), 0, E4M3), *to_fp8(x2d.t(), 0, E4M3))
         return dx.to(x2d.dtype), dw.to(weight.dtype)
 
 

@@ -2,7 +2,7 @@
 
 Forward does the whole job: for each chunk of rows it computes logits (fp32), the loss, and the
 gradient w.r.t. the logits (in place), then dh for those rows and their share of dW. Backward
-only scales the saved gradients by the incoming grad. Peak extra memory is one chunk of logits
+only scales the saved gradients by the incoming grad and 1 / (counted targets). Peak extra memory is one chunk of logits
 instead of tokens x vocab.
 """
 
@@ -39,10 +39,11 @@ def _ce_chunk_triton(logits, targets, **options):
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, ignore_index, z_loss, softcap, chunk_rows, triton_kernel):
-        n_valid = int((targets != ignore_index).sum().clamp_min(1))
-        scale = 1.0 / n_valid
-        # Matmuls in the activations' dtype on GPU (bf16 tensor cores), fp32 on CPU; softmax always in fp32.
-        mm_dtype = hidden.dtype if hidden.is_cuda else torch.float32
+        # 1 / (number of counted targets) stays on the device: reading it on the host would sync every
+        # step and split a compiled graph. The chunks' gradients are taken unscaled, and the scale is
+        # folded into the loss here and into the incoming gradient in backward.
+        inverse_count = 1.0 / (targets != ignore_index).sum().clamp_min(1).float()
+        mm_dtype = matmul_dtype(hidden)
         w = weight.to(mm_dtype)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
@@ -53,18 +54,32 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 chunk_targets = targets[start : start + chunk_rows]
                 logits = (h @ w.T).float()  # (rows, V)
                 ce_chunk = _ce_chunk_triton if triton_kernel else _ce_chunk_torch
-                loss = ce_chunk(logits, chunk_targets, ignore_index=ignore_index, scale=scale, z_loss=z_loss, softcap=softcap)
+                loss = ce_chunk(logits, chunk_targets, ignore_index=ignore_index, scale=1.0, z_loss=z_loss, softcap=softcap)
                 total += loss.sum()
-                grad_logits = logits.to(mm_dtype)  # now holds scale * dloss/dlogits
+                grad_logits = logits.to(mm_dtype)  # now holds dloss/dlogits
                 grad_hidden[start : start + chunk_rows] = (grad_logits @ w).to(hidden.dtype)
                 grad_weight += (grad_logits.T @ h).float()
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
-        return total * scale
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype), inverse_count)
+        return total * inverse_count
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None, None, None
+        grad_hidden, grad_weight, inverse_count = ctx.saved_tensors
+        scale = grad_output * inverse_count
+        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight * scale, None, None, None, None, None, None
+
+
+def matmul_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The head's matmul dtype: autocast's (bf16 tensor cores) when it is on, else the activations' on GPU, fp32 on CPU.
+
+    Under autocast the final norm hands over fp32 activations; taking their dtype would run the
+    largest matmul of a small model in TF32 instead of bf16. The softmax is fp32 either way.
+    """
+    if not hidden.is_cuda:
+        return torch.float32
+    if torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return hidden.dtype
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100,
