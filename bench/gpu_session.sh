@@ -3,7 +3,7 @@
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
 # Stages: setup, parity, tests, smoke, speed. Offline machines need the wheels in .carry/whl
-# (jsonschema and friends, hatchling, nox) and ../shared/data copied to .carry/shared/data.
+# (jsonschema and friends, hatchling and editables, nox) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -14,10 +14,10 @@ mkdir -p "$logs"
 
 stage_setup() {
   if [ -d .carry/whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile .carry/whl/*.whl 2>&1 | grep -v "^WARNING" | tail -3
+    python3 -m pip install -q --no-index --no-deps --no-compile .carry/whl/*.whl 2>&1 | grep -v "^WARNING"
   fi
   python3 -m pip install -q --no-deps --no-build-isolation -e packages/koi-tokenizer -e packages/koi-quant \
-    -e packages/koi-kernels -e packages/koi-eval -e packages/koi-train 2>&1 | tail -3
+    -e packages/koi-kernels -e packages/koi-eval -e packages/koi-train 2>&1 | grep -iE "error|Error" | head
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
   git rev-parse --short HEAD 2>/dev/null || true
