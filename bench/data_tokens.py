@@ -7,6 +7,8 @@ git-ignored .carry/shared/data (what travels to a lent GPU machine).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -31,3 +33,13 @@ def real_tokens(count: int, corpus: str = "pydocs-train.txt") -> torch.Tensor:
     text = (data / "corpus" / corpus).read_text(encoding="utf-8")[: max(6 * count, 1_000_000)]
     ids = torch.tensor(tok.encode(text, disallowed_special=()), dtype=torch.long)
     return ids.repeat(count // len(ids) + 1)[:count]
+
+
+def make_shards(folder: Path, files: tuple[str, ...] = ("pydocs-train.txt",), val_fraction: float = 0.02) -> Path:
+    """GPT-2 .bin shards of corpus files in ``folder`` (train and val splits), through koi-tokenizer's CLI."""
+    corpus = shared_data() / "corpus"
+    cli = "import sys; from koi_tokenizer.cli import main; sys.exit(main())"
+    subprocess.run([sys.executable, "-c", cli, "shard", "-t", str(shared_data() / "gpt2"), "-o", str(folder),
+                    "--separator", "<|endoftext|>", "--val-fraction", str(val_fraction), "--quiet",
+                    *[str(corpus / f) for f in files]], check=True, stdout=subprocess.DEVNULL)
+    return folder

@@ -2,7 +2,7 @@
 # One lent-GPU session in one script: install what the machine lacks, then run the named stages,
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
-# Stages: setup, parity, tests, smoke, speed. Offline machines need the wheels in .carry/whl
+# Stages: setup, parity, retest, tests, smoke, speed. Offline machines need the wheels in .carry/whl
 # (jsonschema and friends, hatchling and editables, nox) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,14 +24,29 @@ stage_setup() {
 }
 
 stage_parity() {
-  timeout 300 python3 bench/compile_parity.py --steps 40 --layers 2 --formats bf16,int4,ternary 2>&1 | tee "$logs/parity.log"
-  TORCHINDUCTOR_MIX_ORDER_REDUCTION=0 timeout 120 python3 bench/compile_parity.py --steps 40 --layers 2 --formats int4 \
-    2>&1 | tee -a "$logs/parity.log"
+  [ -f .carry/probe/ste_probe.py ] && timeout 200 python3 .carry/probe/ste_probe.py 2>&1 | tee "$logs/ste_probe.log"
+  timeout 300 python3 bench/compile_parity.py --steps 40 --layers 2 --formats int8,int4,ternary,binary 2>&1 | tee "$logs/parity.log"
+}
+
+stage_retest() {  # the tests that failed on the card last time, and the new CUDA-only ones
+  timeout 400 python3 -m pytest -q -rf -p no:cacheprovider --timeout 240 packages/koi-kernels/tests/test_fp8_linear.py \
+    packages/koi-kernels/tests/test_linear_ce.py packages/koi-kernels/tests/test_packed_matmul.py \
+    packages/koi-quant/tests/test_training.py packages/koi-train/tests/test_distributed.py packages/koi-train/tests/test_trainer.py \
+    2>&1 | tee "$logs/retest.log" | tail -15
 }
 
 stage_tests() {
   timeout "${KOI_TEST_TIMEOUT:-420}" python3 -m nox -s gpu -- -q -rf --timeout 240 2>&1 | tee "$logs/tests.log" \
     | grep -E "passed|failed|error|FAILED|ERROR|Session" | tail -40
+}
+
+stage_smoke() {
+  timeout "${KOI_SMOKE_TIMEOUT:-480}" python3 bench/smoke_matrix.py --per-gpu "${KOI_SMOKE_PER_GPU:-6}" 2>&1 | tee "$logs/smoke.log"
+}
+
+stage_speed() {
+  timeout "${KOI_SPEED_TIMEOUT:-420}" python3 bench/train_throughput.py --steps 30 --side reference --side koi --side koi-fp8 \
+    --side koi-fp8-tile --side koi-int4 2>&1 | tee "$logs/speed.log"
 }
 
 for stage in "$@"; do

@@ -1,19 +1,25 @@
-"""Training throughput and peak memory: Koi against the plain PyTorch GPT-2, same card, same run.
+"""Training throughput and peak memory: `koi-train run` against the plain PyTorch GPT-2, same card, same run.
 
-Both sides train the same sizes on the same real tokens for the same steps; the table reports
-tokens/s, MFU, peak GiB and Koi's ratio to the reference measured in this run.
+Koi's sides are real `koi-train run` processes (the code path a user runs), configured by the
+overrides below; the reference is TARGETS.md's plain loop (bench/reference_gpt2.py: compile, bf16
+autocast, SDPA, fused AdamW, TF32). Every side runs alone in its own process on the same real
+tokens: the first ``--steps`` steps warm up (compile), the next ``--steps`` are timed. Each row
+prints as soon as it is measured, a failing side is marked and the rest go on, and the rows land
+in $OUT/train_throughput.jsonl (or bench/results/).
 
-    python bench/train_throughput.py                              # GPU: TARGETS.md's 124M rows
-    python bench/train_throughput.py --case 1558M-remat --steps 10 --side reference --side koi-lowmem
-    python bench/train_throughput.py --side reference --side koi --side koi-fp8 --side koi-lowmem
-    python bench/train_throughput.py --device cpu --case tiny     # a quick check that it runs
+    python bench/train_throughput.py                                    # 124M: reference, koi
+    python bench/train_throughput.py --side reference --side koi --side koi-fp8
+    python bench/train_throughput.py --case 1558M-remat --steps 5 --side reference-remat --side koi-remat
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,147 +27,152 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from reference_gpt2 import ReferenceGPT2  # noqa: E402
+from data_tokens import make_shards, real_tokens, shared_data  # noqa: E402
 
-# name: (layers, width, heads, batch, seq, remat)
+# name: (layers, width, heads, batch, seq)
 CASES = {
-    "124M": (12, 768, 12, 32, 1024, False),
-    "124M-remat": (12, 768, 12, 32, 1024, True),
-    "774M": (36, 1280, 20, 16, 1024, False),
-    "1558M-remat": (48, 1600, 25, 8, 1024, True),
-    "tiny": (2, 128, 4, 4, 128, False),
+    "124M": (12, 768, 12, 32, 1024),
+    "774M": (36, 1280, 20, 16, 1024),
+    "1558M-remat": (48, 1600, 25, 8, 1024),
+    "tiny": (2, 128, 4, 4, 128),
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
+BLOCKS = "transformer.h.*"
+# Koi sides: run-config overrides on top of `koi_config`.
+KOI_SIDES = {
+    "koi": {},
+    "koi-eager": {"train": {"compile": False}},
+    "koi-remat": {"remat": {"mode": "full"}},
+    "koi-fp8": {"precision": {"plan": {BLOCKS: "fp8"}, "fp8_matmul": True, "fp8_scaling": "row"}},
+    "koi-fp8-tile": {"precision": {"plan": {BLOCKS: "fp8"}, "fp8_matmul": True, "fp8_scaling": "tile"}},
+    "koi-int4": {"precision": {"plan": {BLOCKS: "int4"}}},
+    "koi-ternary": {"precision": {"plan": {BLOCKS: "ternary"}}},
+    "koi-lowmem": {"optimizer": {"name": "adamw8bit"}, "train": {"optimizer_in_backward": True, "grad_clip": 0.0}},
+}
+REFERENCE_SIDES = {"reference": False, "reference-remat": True}
 
 
-def real_tokens(count: int) -> torch.Tensor:
-    """GPT-2 tokens of the Python docs from ../shared/data (cycled if the run needs more)."""
-    from koi_tokenizer import Tokenizer
+def koi_config(case: str, steps: int, shards: Path, out_dir: Path, side: str) -> dict:
+    layers, width, heads, batch, seq = CASES[case]
+    config = {
+        "name": side, "out_dir": str(out_dir), "seed": 1337,
+        "model": {"arch": "gpt2", "preset": None, "n_layer": layers, "n_embd": width, "n_head": heads, "block_size": seq,
+                  "vocab_size": 50304},
+        "data": {"train": [str(shards / "*_train_*.bin")], "val": [str(shards / "*_val_*.bin")]},
+        "train": {"steps": 2 * steps, "batch_size": batch, "lr": 6e-4, "warmup_steps": 2, "device": "cuda", "compile": True,
+                  "log_every": steps},
+        "optimizer": {"name": "adamw", "betas": [0.9, 0.95], "weight_decay": 0.1},
+        "eval": {"every": 0, "max_windows": 1, "sample_prompt": None},
+        "checkpoint": {"every": 0, "keep_last": 1},
+    }
+    for key, value in KOI_SIDES[side].items():
+        config[key] = {**config.get(key, {}), **value}
+    return config
 
-    data = REPO.parent / "shared" / "data"
-    tok = Tokenizer.from_gpt2_files(data / "gpt2" / "vocab.json", data / "gpt2" / "merges.txt")
-    text = (data / "corpus" / "pydocs-train.txt").read_text(encoding="utf-8")[: max(4 * count, 1_000_000)]
-    ids = torch.tensor(tok.encode(text, disallowed_special=()), dtype=torch.long)
-    return ids.repeat(count // len(ids) + 1)[:count]
+
+def run_koi(case: str, side: str, steps: int, work: Path) -> dict:
+    """One `koi-train run`; tok/s and peak memory from its metrics record over the timed steps."""
+    shards = work / "shards"
+    if not shards.exists():
+        make_shards(shards)
+    config = koi_config(case, steps, shards, work, side)
+    path = work / f"{side}.json"
+    path.write_text(json.dumps(config))
+    log = work / f"{side}.log"
+    with log.open("w") as out:
+        code = subprocess.run([sys.executable, "-m", "koi_train", "run", str(path)], stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, "NCCL_NVLS_ENABLE": "0"}).returncode
+    metrics = work / side / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    timed = [r for r in records if r.get("kind") == "train" and r["step"] == 2 * steps]
+    if code != 0 or not timed:
+        raise RuntimeError(" | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-400:])
+    row = timed[0]
+    return {"tokens_per_s": row["tokens_per_s"], "peak_gib": row.get("peak_memory_gib"), "loss": row["loss"]}
 
 
-def reference_step_fn(layers, width, heads, seq, remat, device, compile_model):
+def run_reference(case: str, remat: bool, steps: int) -> dict:
+    from reference_gpt2 import ReferenceGPT2
+
+    layers, width, heads, batch, seq = CASES[case]
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(1337)
     model = ReferenceGPT2(layers, width, heads, block=seq, remat=remat).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=device.type == "cuda")
-    run = torch.compile(model) if compile_model else model
-
-    def step(x, y):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = run(x, y)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    compiled = torch.compile(model)
+    tokens = real_tokens(2 * steps * batch * seq + seq + 1)
+    torch.cuda.reset_peak_memory_stats()
+    for i in range(2 * steps):
+        if i == steps:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        chunk = tokens[i * batch * seq : (i + 1) * batch * seq + 1]
+        x, y = chunk[:-1].view(batch, seq).to(device), chunk[1:].view(batch, seq).to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = compiled(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss
-
-    return step, sum(p.numel() for p in model.parameters())
-
-
-def koi_step_fn(layers, width, heads, seq, remat, device, compile_model, *, fp8=False, low_memory=False):
-    """Koi's model and objective; fp8: block Linears on fp8 matmuls; low_memory: 8-bit states stepped in backward."""
-    from koi_train.config import ModelConfig, OptimizerConfig
-    from koi_train.models import build_model
-    from koi_train.objective import NextTokenLoss
-    from koi_train.optim import build_optimizer
-    from koi_train.remat import apply_remat
-
-    model = build_model(ModelConfig(preset=None, n_layer=layers, n_embd=width, n_head=heads, block_size=seq, vocab_size=50304))
-    if fp8:
-        from koi_quant import quantize_
-        from koi_train.quantize import swap_in_fp8_matmuls
-
-        quantize_(model, {"transformer.h.*": "fp8"})
-        swap_in_fp8_matmuls(model)
-    apply_remat(model, "full" if remat else "none")
-    model.to(device)
-    objective = NextTokenLoss(model)
-    run = torch.compile(objective) if compile_model else objective
-    opt = build_optimizer(model, OptimizerConfig(name="adamw8bit" if low_memory else "adamw"), 6e-4, device, in_backward=low_memory)
-
-    def step(x, y):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = run(x, y)
-        loss.backward()
-        if not low_memory:  # in-backward updates cannot clip globally
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
-        return loss
-
-    return step, sum(p.numel() for p in model.parameters())
-
-
-SIDES = {
-    "reference": reference_step_fn,
-    "koi": koi_step_fn,
-    "koi-fp8": lambda *a: koi_step_fn(*a, fp8=True),
-    "koi-lowmem": lambda *a: koi_step_fn(*a, low_memory=True),
-}
-
-
-def measure(make, case, device, steps, warmup, compile_model, tokens):
-    layers, width, heads, batch, seq, remat = CASES[case]
-    torch.manual_seed(0)
-    step, params = make(layers, width, heads, seq, remat, device, compile_model)
-    per_step = batch * seq
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    losses = []
-    for i in range(warmup + steps):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        chunk = torch.stack([tokens[(i * per_step + b * seq) % (len(tokens) - seq - 1):][: seq + 1] for b in range(batch)])
-        losses.append(step(chunk[:, :-1].to(device), chunk[:, 1:].to(device)))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    tokens_per_s = steps * per_step / seconds
-    flops = 6 * params + 12 * layers * width * seq
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    return {"tokens_per_s": tokens_per_s, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-            "mfu": tokens_per_s * flops / peak if peak else None, "final_loss": losses[-1].item(), "params": params}
+    return {"tokens_per_s": steps * batch * seq / seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "loss": loss.item()}
+
+
+def worker(case: str, side: str, steps: int, work: Path) -> None:
+    try:
+        if side in REFERENCE_SIDES:
+            row = run_reference(case, REFERENCE_SIDES[side], steps)
+        else:
+            row = run_koi(case, side, steps, work)
+    except Exception as exc:  # reported as a failed row; the parent goes on with the next side
+        row = {"error": f"{type(exc).__name__}: {exc}"[-500:]}
+    print("ROW " + json.dumps(row), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", action="append", choices=list(CASES), help="default: 124M and 124M-remat")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--side", action="append", choices=list(SIDES), help="default: reference and koi")
+    parser.add_argument("--case", action="append", choices=list(CASES), help="default: 124M")
+    parser.add_argument("--side", action="append", choices=[*REFERENCE_SIDES, *KOI_SIDES], help="default: reference, koi")
+    parser.add_argument("--steps", type=int, default=30, help="warm-up steps, then as many timed")
+    parser.add_argument("--worker", nargs=2, metavar=("CASE", "SIDE"), help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    cases = args.case or ["124M", "124M-remat"]
-    biggest = max(CASES[c][3] * CASES[c][4] for c in cases)
-    tokens = real_tokens((args.steps + args.warmup + 1) * biggest + 1)
-    rows = []
-    for case in cases:
+    if args.worker:
+        worker(*args.worker, args.steps, Path(args.work))
+        return
+    out = Path(os.environ.get("OUT", REPO / "bench" / "results"))
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="koi-throughput-"))
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, data {shared_data()}, "
+          f"{args.steps} warm-up + {args.steps} timed steps per side", flush=True)
+    print(f"{'case':<13}{'side':<16}{'tok/s':>11}{'MFU':>7}{'peak GiB':>10}{'loss':>8}{'vs ref':>8}", flush=True)
+    for case in args.case or ["124M"]:
+        layers, width, _, _, seq = CASES[case]
+        params = 12 * layers * width * width + 50304 * width + seq * width
+        flops = 6 * params + 12 * layers * width * seq
+        peak = next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
+        reference = None
         for side in args.side or ["reference", "koi"]:
-            make = SIDES[side]
-            result = measure(make, case, device, args.steps, args.warmup, not args.no_compile, tokens)
-            rows.append({"case": case, "side": side, **result})
-            torch.cuda.empty_cache() if device.type == "cuda" else None
-    print(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}")
-    print(f"{'case':<13}{'side':<11}{'tok/s':>11}{'MFU':>7}{'peak GiB':>10}{'loss':>8}{'vs ref':>8}")
-    for row in rows:
-        ref = next(r for r in rows if r["case"] == row["case"] and r["side"] == "reference")
-        mfu = f"{row['mfu']:.2f}" if row["mfu"] else "-"
-        peak = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
-        print(f"{row['case']:<13}{row['side']:<11}{row['tokens_per_s']:>11,.0f}{mfu:>7}{peak:>10}{row['final_loss']:>8.3f}"
-              f"{row['tokens_per_s'] / ref['tokens_per_s']:>7.2f}x")
-    out = REPO / "bench" / "results" / "train_throughput.json"
-    out.write_text(json.dumps({"device": str(device), "torch": torch.__version__, "rows": rows}, indent=1))
+            command = [sys.executable, __file__, "--worker", case, side, "--steps", str(args.steps), "--work", str(work)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            line = next((ln for ln in done.stdout.splitlines() if ln.startswith("ROW ")), None)
+            row = json.loads(line[4:]) if line else {"error": (done.stderr or done.stdout)[-400:]}
+            row.update(case=case, side=side, date=time.strftime("%Y-%m-%d"))
+            with (out / "train_throughput.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            if "error" in row:
+                print(f"{case:<13}{side:<16} FAILED: {row['error']}", flush=True)
+                continue
+            if side.startswith("reference") and reference is None:
+                reference = row["tokens_per_s"]
+            mfu = f"{row['tokens_per_s'] * flops / peak:.2f}" if peak else "-"
+            ratio = f"{row['tokens_per_s'] / reference:.2f}x" if reference else "-"
+            print(f"{case:<13}{side:<16}{row['tokens_per_s']:>11,.0f}{mfu:>7}{row['peak_gib']:>10.1f}{row['loss']:>8.3f}{ratio:>8}",
+                  flush=True)
 
 
 if __name__ == "__main__":

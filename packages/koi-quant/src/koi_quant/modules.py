@@ -15,7 +15,7 @@ from torch import nn
 
 from .formats import FLOAT_FORMATS, QuantFormat, get_format
 from .granularity import PER_ROW, Granularity, per_group, per_tile
-from .learned_scale import LearnedScaleQuantize, initial_scale
+from .learned_scale import initial_scale, learned_scale_quantize
 from .ste import fake_quantize_ste, quantize_activations_int8
 
 
@@ -49,7 +49,7 @@ class QuantLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_scale is not None:
-            w = LearnedScaleQuantize.apply(self.weight, self.weight_scale, self.format.qmax)
+            w = learned_scale_quantize(self.weight, self.weight_scale, self.format.qmax)
         else:
             w = fake_quantize_ste(self.weight, self.format, self.granularity)
         if self.quantize_activations:

@@ -53,7 +53,12 @@ def init_distributed(cfg: DistributedConfig) -> DistInfo:
 
 
 def device_for(info: DistInfo, requested: torch.device) -> torch.device:
+    """One GPU per process (the local rank's); a process beyond the GPU count is a config error, not a CUDA crash."""
     if info.active and requested.type == "cuda":
+        if info.local_rank >= torch.cuda.device_count():
+            raise ConfigError("", "train.device", f"process {info.local_rank} on this machine needs GPU {info.local_rank}, but "
+                              f"{torch.cuda.device_count()} are visible; start at most that many processes per node, "
+                              "or set train.device to cpu")
         return torch.device("cuda", info.local_rank)
     return requested
 
@@ -67,13 +72,17 @@ def wrap_model(model: nn.Module, cfg: DistributedConfig, info: DistInfo, device:
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=autocast_dtype, reduce_dtype=torch.float32) if autocast_dtype else MixedPrecisionPolicy()
+    # The mesh names the run's device type: left to itself FSDP picks CUDA whenever the machine
+    # has a GPU, even for a CPU (gloo) run, and fails on ranks beyond the GPU count.
+    mesh = init_device_mesh(device.type, (info.world_size,))
     blocks = model.model.blocks if hasattr(model, "model") else model.blocks  # the objective wraps the model
     for block in blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 

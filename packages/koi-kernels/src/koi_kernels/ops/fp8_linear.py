@@ -42,7 +42,11 @@ def scaled_matmul(a: torch.Tensor, a_scale: torch.Tensor, b_rows: torch.Tensor, 
     """bf16 ``a @ b_rows.T`` from row-major fp8 ``a`` (M, K), scales (M, 1), and ``b_rows`` (N, K), scales (N, 1).
 
     ``b_rows.t()`` is the column-major (K, N) operand cuBLASLt asks for; its scales go in as (1, N).
+    Off CUDA (where torch's CPU backend takes only per-tensor scales) the same product is formed
+    from the dequantized operands in fp32.
     """
+    if not a.is_cuda:
+        return ((a.float() * a_scale) @ (b_rows.float() * b_scale).T).to(torch.bfloat16)
     return torch._scaled_mm(a, b_rows.t(), scale_a=a_scale.contiguous(), scale_b=b_scale.reshape(1, -1).contiguous(),
                             out_dtype=torch.bfloat16)
 

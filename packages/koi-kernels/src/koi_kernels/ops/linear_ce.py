@@ -1,6 +1,6 @@
 """Fused linear + cross-entropy: the loss and its gradients, chunk by chunk, never all logits at once.
 
-Forward does the whole job: for each chunk of rows it computes logits (fp32), the loss, and the
+Forward does the whole job: for each chunk of rows it computes logits, the loss (in fp32), and the
 gradient w.r.t. the logits (in place), then dh for those rows and their share of dW. Backward
 only scales the saved gradients by the incoming grad and 1 / (counted targets). Peak extra memory is one chunk of logits
 instead of tokens x vocab.
@@ -16,7 +16,7 @@ from .linear_ce_reference import softcapped
 
 def _ce_chunk_torch(logits, targets, *, ignore_index, scale, z_loss, softcap):
     """The same contract as the Triton kernel, in torch (used on CPU and as a fallback)."""
-    raw = logits
+    raw = logits.float()
     x = softcapped(raw, softcap)
     lse = torch.logsumexp(x, dim=-1)
     valid = targets != ignore_index
@@ -52,11 +52,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             for start in range(0, hidden.shape[0], chunk_rows):
                 h = hidden[start : start + chunk_rows].to(mm_dtype)
                 chunk_targets = targets[start : start + chunk_rows]
-                logits = (h @ w.T).float()  # (rows, V)
+                # (rows, V) in the matmul dtype, as a plain model's logits are; the kernel reads them
+                # into fp32 and writes dloss/dlogits back in place, so no fp32 copy of the chunk exists
+                logits = h @ w.T
                 ce_chunk = _ce_chunk_triton if triton_kernel else _ce_chunk_torch
                 loss = ce_chunk(logits, chunk_targets, ignore_index=ignore_index, scale=1.0, z_loss=z_loss, softcap=softcap)
                 total += loss.sum()
-                grad_logits = logits.to(mm_dtype)  # now holds dloss/dlogits
+                grad_logits = logits  # now holds dloss/dlogits
                 grad_hidden[start : start + chunk_rows] = (grad_logits @ w).to(hidden.dtype)
                 grad_weight += (grad_logits.T @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype), inverse_count)
@@ -87,6 +89,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     """Mean CE (+ z-loss) of ``hidden @ weight.T`` against ``targets``; hidden (..., C), targets (...)."""
     hidden2d = hidden.reshape(-1, hidden.shape[-1])
     targets1d = targets.reshape(-1)
-    if chunk_rows is None:  # about 256 MiB of fp32 logits per chunk
-        chunk_rows = max(1, min(hidden2d.shape[0], (64 * 2**20) // weight.shape[0]))
+    if chunk_rows is None:  # 128 Mi logits per chunk (256 MiB in bf16): few chunks, so dW is summed few times
+        chunk_rows = max(1, min(hidden2d.shape[0], (128 * 2**20) // weight.shape[0]))
     return _LinearCrossEntropy.apply(hidden2d, weight, targets1d, ignore_index, z_loss, softcap, chunk_rows, use_triton(hidden))
