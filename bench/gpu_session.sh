@@ -36,7 +36,7 @@ stage_retest() {  # the tests that failed on the card last time, and the new CUD
 }
 
 stage_tests() {
-  timeout "${KOI_TEST_TIMEOUT:-420}" python3 -m nox -s gpu -- -q -rf --timeout 240 2>&1 | tee "$logs/tests.log" \
+  timeout "${KOI_TEST_TIMEOUT:-420}" python3 -m nox -s gpu -- -q -rf --timeout 240 ${KOI_TEST_ARGS:-} 2>&1 | tee "$logs/tests.log" \
     | grep -E "passed|failed|error|FAILED|ERROR|Session" | tail -40
 }
 
@@ -46,7 +46,7 @@ stage_smoke() {
 
 stage_speed() {
   timeout "${KOI_SPEED_TIMEOUT:-420}" python3 bench/train_throughput.py --steps 30 --side reference --side koi --side koi-fp8 \
-    --side koi-fp8-tile --side koi-int4 2>&1 | tee "$logs/speed.log"
+    --side koi-fp8-tile --side koi-int4 --side koi-ternary 2>&1 | tee "$logs/speed.log"
 }
 
 for stage in "$@"; do

@@ -52,7 +52,8 @@ def rows() -> list[tuple[str, dict, int]]:
     out.append(("bf16-weights/compiled", {"optimizer": {"weights": "bf16"}, "train": {"compile": True}}, 1))
     for name in ("adamw", "adamw8bit"):
         out.append((f"in-backward-{name}/compiled", {"optimizer": {"name": name},
-                                                     "train": {"compile": True, "optimizer_in_backward": True, "grad_clip": 0.0}}, 1))
+                                                     "train": {"compile": True, "optimizer_in_backward": True, "grad_clip": 0.0},
+                                                     "instability": {"action": "rollback"}}, 1))
     for mode in ("ffn", "selective", "full"):
         out.append((f"remat-{mode}/compiled", {"remat": {"mode": mode}, "train": {"compile": True}}, 1))
     for strategy in ("ddp", "fsdp"):

@@ -108,3 +108,28 @@ def test_an_outlier_coarsens_only_its_own_tile():
 def test_unknown_scaling_is_refused():
     with pytest.raises(ValueError, match="scaling: expected one of"):
         fp8_linear(torch.randn(2, 4), torch.randn(3, 4), scaling="block")
+
+
+@pytest.mark.parametrize("scaling", ["row", "tile"])
+def test_compiled_layer_has_the_eager_gradients(scaling, device, monkeypatch):
+    """torch.compile keeps the fp8 op whole: same output and gradients as eager (Inductor on the card)."""
+    if device.type != "cuda":
+        monkeypatch.setenv("KOI_KERNELS", "torch")  # the interpreter cannot run under a compiled graph
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 256, generator=g).to(device, torch.bfloat16)
+    w = (torch.randn(128, 256, generator=g) * 0.02).to(device)
+    dy = torch.randn(64, 128, generator=g).to(device, torch.bfloat16)
+
+    def run(fn):
+        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = fn(xs, ws)
+        return (y, *torch.autograd.grad(y, [xs, ws], dy))
+
+    def layer(a, b):
+        return fp8_linear(a, b, scaling=scaling)
+
+    torch._dynamo.reset()
+    eager = run(layer)
+    compiled = run(torch.compile(layer, fullgraph=True, backend="inductor" if device.type == "cuda" else "aot_eager"))
+    for got, want in zip(compiled, eager):
+        assert rel_error(got, want) < 1e-3

@@ -51,26 +51,6 @@ def scaled_matmul(a: torch.Tensor, a_scale: torch.Tensor, b_rows: torch.Tensor, 
                             out_dtype=torch.bfloat16)
 
 
-class _Fp8Linear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        out_dtype = x2d.dtype if x2d.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        # y (M, N) = x (M, K) @ W^T: x per token, W per output row
-        y = scaled_matmul(*to_fp8(x2d, 0, E4M3), *to_fp8(weight, 0, E4M3))
-        ctx.save_for_backward(x2d, weight)
-        ctx.out_dtype = out_dtype
-        return y.to(out_dtype)
-
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x2d, weight = ctx.saved_tensors
-        # dx (M, K) = dy (M, N) @ W (N, K): dy per token, W per input column (rows of W^T)
-        dx = scaled_matmul(*to_fp8(dy, 0, E4M3), *to_fp8(weight.t(), 0, E4M3))
-        # dW (N, K) = dy^T (N, M) @ x (M, K): dy per output feature, x per input feature (rows of x^T)
-        dw = scaled_matmul(*to_fp8(dy.t(), 0, E4M3), *to_fp8(x2d.t(), 0, E4M3))
-        return dx.to(x2d.dtype), dw.to(weight.dtype)
-
-
 TILE = 128
 SCALINGS = ("row", "tile")
 
@@ -103,31 +83,49 @@ def tile_matmul(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale
     return (dequantize_tiles(a, a_scale) @ dequantize_tiles(b, b_scale).T).to(out_dtype)
 
 
-class _Fp8TileLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        out_dtype = x2d.dtype if x2d.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        y = tile_matmul(*quantize_tiles(x2d, 1), *quantize_tiles(weight, TILE), out_dtype)
-        ctx.save_for_backward(x2d, weight)
-        ctx.out_dtype = out_dtype
-        return y
+@torch.library.custom_op("koi::fp8_matmul", mutates_args=())
+def fp8_matmul(a: torch.Tensor, b: torch.Tensor, scaling: str, b_block_rows: int) -> torch.Tensor:
+    """bf16 ``a @ b.T``, both operands cast to e4m3 on the fly; differentiable, in fp8 both ways.
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x2d, weight = ctx.saved_tensors
-        # dx (M, K) = dy (M, N) @ W: W^T (K, N) in the same 128x128 blocks, dy per token and 128 outputs
-        dx = tile_matmul(*quantize_tiles(dy, 1), *quantize_tiles(weight.t(), TILE), ctx.out_dtype)
-        # dW (N, K) = dy^T (N, M) @ x (M, K): both re-tiled along the tokens they are summed over
-        dw = tile_matmul(*quantize_tiles(dy.t(), 1), *quantize_tiles(x2d.t(), 1), torch.float32)
-        return dx.to(x2d.dtype), dw.to(weight.dtype)
+    ``scaling="row"``: one scale per row of each operand. ``"tile"``: ``a`` per 1x128 tile,
+    ``b`` per ``b_block_rows`` x 128 block. A registered op rather than an autograd.Function:
+    torch.compile keeps it whole and calls the backward registered below, instead of tracing
+    through casts to fp8 (through which compiled autograd.Functions have lost gradients).
+    """
+    if scaling == "row":
+        return scaled_matmul(*to_fp8(a, 0, E4M3), *to_fp8(b, 0, E4M3))
+    return tile_matmul(*quantize_tiles(a, 1), *quantize_tiles(b, b_block_rows), torch.bfloat16)
+
+
+@fp8_matmul.register_fake
+def _(a: torch.Tensor, b: torch.Tensor, scaling: str, b_block_rows: int) -> torch.Tensor:
+    return a.new_empty(a.shape[0], b.shape[0], dtype=torch.bfloat16)
+
+
+def _save_operands(ctx, inputs, output) -> None:
+    a, b, scaling, b_block_rows = inputs
+    ctx.save_for_backward(a, b)
+    ctx.scaling, ctx.b_block_rows = scaling, b_block_rows
+
+
+def _fp8_matmul_backward(ctx, grad: torch.Tensor):
+    """da = grad @ b (rows of b^T, in b's blocks); db = grad^T @ a (per row, or 1x128 tile, of the tokens)."""
+    a, b = ctx.saved_tensors
+    da = fp8_matmul(grad, b.t(), ctx.scaling, ctx.b_block_rows).to(a.dtype) if ctx.needs_input_grad[0] else None
+    db = fp8_matmul(grad.t(), a.t(), ctx.scaling, 1).to(b.dtype) if ctx.needs_input_grad[1] else None
+    return da, db, None, None
+
+
+fp8_matmul.register_autograd(_fp8_matmul_backward, setup_context=_save_operands)
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, scaling: str = "row") -> torch.Tensor:
     """``x @ weight.T + bias`` with all three matmuls of the layer in fp8; ``scaling`` is "row" or "tile"."""
     if scaling not in SCALINGS:
         raise ValueError(f"scaling: expected one of {SCALINGS}, got {scaling!r}")
-    function = _Fp8Linear if scaling == "row" else _Fp8TileLinear
-    y = function.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
+    out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+    y = fp8_matmul(x.reshape(-1, x.shape[-1]), weight, scaling, TILE).to(out_dtype)
+    y = y.view(*x.shape[:-1], weight.shape[0])
     return y + bias.to(y.dtype) if bias is not None else y
 
 
