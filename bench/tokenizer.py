@@ -169,7 +169,8 @@ def main() -> None:
         first, best = r["MB_per_s"] / base[r["threads"], r["api"]], r["MB_per_s_warm"] / warm[r["threads"], r["api"]]
         print(f"{r['engine']:<15}{r['threads']:>8}{r['api']:>6}{r['MB_per_s']:>10.2f}{r['tokens_per_s'] / 1e6:>9.2f}{first:>12.2f}x"
               f"{r['MB_per_s_warm']:>11.2f}{best:>12.2f}x")
-    print(f"\n{'koi-tokenizer shard':<20}{'workers':>8}{'MB/s':>9}{'speed-up':>10}")
+    if shard:
+        print(f"\n{'koi-tokenizer shard':<20}{'workers':>8}{'MB/s':>9}{'speed-up':>10}")
     for r in shard:
         print(f"{'':<20}{r['workers']:>8}{r['MB_per_s']:>9.2f}{r['MB_per_s'] / shard[0]['MB_per_s']:>9.2f}x")
     out_path = REPO / "bench" / "results" / f"tokenizer{'-' + args.label if args.label else ''}.json"
