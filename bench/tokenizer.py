@@ -1,9 +1,19 @@
-"""Tokenizer throughput on the real corpus: Koi vs tiktoken vs HF tokenizers, same text, same run.
+"""Tokenizer throughput on real text: Koi vs tiktoken vs HF tokenizers, same text, same run.
 
 Each measurement runs in its own process so the thread count is really fixed (the Rust engines
-size their thread pools at start-up). Prints a table and writes bench/results/tokenizer.json.
+size their thread pools at start-up), and every process starts with a fresh tokenizer, so the
+first pass is cold. Prints a table and writes bench/results/tokenizer[-LABEL].json.
 
     python bench/tokenizer.py [--data ../shared/data] [--files pydocs-val.txt ...] [--repeats 2] [--rounds 3]
+
+Held-out text (not in ../shared/data, so no cache was tuned on it): build the sets once from
+Debian documentation packages, then time them split into paragraphs (short documents, ~200
+bytes: one `encode` call each) or whole (one call per file):
+
+    apt-get download git-doc nodejs-doc && for f in *.deb; do dpkg -x $f ex; done
+    python bench/tokenizer.py --make-held-out ex held-out/
+    python bench/tokenizer.py --files held-out/*.txt --split paragraphs --label paragraphs
+    python bench/tokenizer.py --files held-out/*.txt --split whole --label whole --skip-hf
 """
 
 from __future__ import annotations
@@ -24,11 +34,38 @@ CASES = [("koi", 1, "each"), ("tiktoken", 1, "each"), ("hf-tokenizers", 1, "each
          ("koi", 0, "batch"), ("tiktoken", 0, "batch"), ("hf-tokenizers", 0, "batch")]
 
 
-def _documents(files: list[Path]) -> list[str]:
+SPLITS = ("documents", "paragraphs", "whole")
+
+
+def _documents(files: list[Path], split: str = "documents") -> list[str]:
+    """The texts one `encode` call each gets: corpus documents, paragraphs (short) or whole files."""
     docs = []
     for f in files:
-        docs += [d for d in f.read_text(encoding="utf-8").split("<|endoftext|>") if d]
+        text = f.read_text(encoding="utf-8")
+        if split == "whole":
+            docs.append(text.replace("<|endoftext|>", ""))
+        elif split == "paragraphs":
+            docs += [d for d in text.replace("<|endoftext|>", "").split("\n\n") if d.strip()]
+        else:
+            docs += [d for d in text.split("<|endoftext|>") if d]
     return docs
+
+
+def make_held_out(extracted: Path, out: Path) -> None:
+    """Held-out sets from `dpkg -x` folders: git's AsciiDoc manual and Node.js's Markdown API docs."""
+    import gzip
+
+    out.mkdir(parents=True, exist_ok=True)
+    sources = {"gitdocs.txt": "usr/share/doc/git-doc/*.txt", "nodedocs.txt": "usr/share/doc/nodejs/api/*.md*"}
+    for name, pattern in sources.items():
+        pages = []
+        for path in sorted(extracted.glob(pattern)):
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", encoding="utf-8") as f:
+                pages.append(f.read())
+        text = "\n<|endoftext|>\n".join(p for p in pages if len(p) > 200)
+        (out / name).write_text(text, encoding="utf-8")
+        print(f"{out / name}: {len(pages)} pages, {len(text.encode('utf-8')) / 1e6:.1f} MB")
 
 
 def _encoder(engine: str, gpt2: Path, threads: int):
@@ -54,8 +91,8 @@ def _encoder(engine: str, gpt2: Path, threads: int):
     return (lambda d: hf.encode(d).ids), (lambda ds: [e.ids for e in hf.encode_batch(ds)])
 
 
-def measure(engine: str, threads: int, api: str, files: list[Path], gpt2: Path, repeats: int) -> dict:
-    docs = _documents(files)
+def measure(engine: str, threads: int, api: str, files: list[Path], gpt2: Path, repeats: int, split: str) -> dict:
+    docs = _documents(files, split)
     nbytes = sum(len(d.encode("utf-8")) for d in docs)
     one, many = _encoder(engine, gpt2, threads)
     times, tokens = [], 0
@@ -67,7 +104,8 @@ def measure(engine: str, threads: int, api: str, files: list[Path], gpt2: Path, 
             tokens = sum(len(ids) for ids in many(docs))
         times.append(time.perf_counter() - start)
     # First pass: nothing cached (Koi caches pieces it has seen). Best pass: the steady state.
-    return {"engine": engine, "threads": threads, "api": api, "bytes": nbytes, "tokens": tokens, "first_seconds": times[0],
+    return {"engine": engine, "threads": threads, "api": api, "calls": len(docs), "bytes": nbytes, "tokens": tokens,
+            "first_seconds": times[0],
             "best_seconds": min(times), "MB_per_s": nbytes / times[0] / 1e6, "MB_per_s_warm": nbytes / min(times) / 1e6,
             "tokens_per_s": tokens / times[0]}
 
@@ -87,12 +125,19 @@ def main() -> None:
     parser.add_argument("--files", nargs="*", default=["pydocs-train.txt", "linuxdocs-train.txt", "perldocs-train.txt"])
     parser.add_argument("--repeats", type=int, default=2, help="passes per process (the first is cold)")
     parser.add_argument("--rounds", type=int, default=3, help="processes per case, interleaved with the other cases")
+    parser.add_argument("--split", choices=SPLITS, default="documents", help="what one encode call gets")
+    parser.add_argument("--label", default="", help="suffix of the results file")
+    parser.add_argument("--skip-hf", action="store_true", help="leave HF tokenizers out (slow on long texts)")
+    parser.add_argument("--make-held-out", nargs=2, metavar=("EXTRACTED", "OUT"), help="build held-out sets and exit")
     parser.add_argument("--one", nargs=3, metavar=("ENGINE", "THREADS", "API"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make_held_out:
+        make_held_out(Path(args.make_held_out[0]), Path(args.make_held_out[1]))
+        return
     data = Path(args.data)
-    files = [data / "corpus" / f for f in args.files]
+    files = [Path(f) if Path(f).exists() else data / "corpus" / f for f in args.files]
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.one[2], files, data / "gpt2", args.repeats)))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.one[2], files, data / "gpt2", args.repeats, args.split)))
         return
     cores = os.cpu_count() or 1
     # The machine's speed drifts: every case runs once per round, rounds interleave, and each case
@@ -100,28 +145,36 @@ def main() -> None:
     runs: dict[tuple, list[dict]] = {}
     for _ in range(args.rounds):
         for engine, threads, api in CASES:
+            if args.skip_hf and engine == "hf-tokenizers":
+                continue
             threads = threads or cores
             env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"}
             repeats = 1 if engine == "hf-tokenizers" else args.repeats  # no cache to warm
             out = subprocess.run([sys.executable, __file__, "--data", args.data, "--files", *args.files, "--repeats", str(repeats),
-                                  "--one", engine, str(threads), api], env=env, capture_output=True, text=True, check=True)
+                                  "--split", args.split, "--one", engine, str(threads), api], env=env, capture_output=True, text=True,
+                                 check=True)
             runs.setdefault((engine, threads, api), []).append(json.loads(out.stdout))
     rows = [_summarise(results) for results in runs.values()]
-    shard_runs = [shard_scaling(files, data / "gpt2", workers) for _ in range(args.rounds) for workers in sorted({1, cores})]
-    shard = [min((r for r in shard_runs if r["workers"] == w), key=lambda r: r["seconds"]) for w in sorted({1, cores})]
+    # `shard` splits files into documents itself: measured once, with the documents split.
+    shard_runs = [shard_scaling(files, data / "gpt2", workers) for _ in range(args.rounds) for workers in sorted({1, cores})
+                  if args.split == "documents"]
+    shard = [min((r for r in shard_runs if r["workers"] == w), key=lambda r: r["seconds"]) for w in sorted({1, cores}) if shard_runs]
     base = {(r["threads"], r["api"]): r["MB_per_s"] for r in rows if r["engine"] == "tiktoken"}
-    print(f"{sum(f.stat().st_size for f in files) / 1e6:.1f} MB of real text ({', '.join(args.files)}), {cores} cores")
+    calls = rows[0]["calls"]
+    print(f"{sum(f.stat().st_size for f in files) / 1e6:.1f} MB of real text ({', '.join(f.name for f in files)}), split: {args.split} "
+          f"({calls} calls, {rows[0]['bytes'] / calls:,.0f} bytes each), {cores} cores")
     warm = {(r["threads"], r["api"]): r["MB_per_s_warm"] for r in rows if r["engine"] == "tiktoken"}
     print(f"{'engine':<15}{'threads':>8}{'api':>6}{'MB/s 1st':>10}{'Mtok/s':>9}{'vs tiktoken':>13}{'MB/s best':>11}{'vs tiktoken':>13}")
     for r in rows:
         first, best = r["MB_per_s"] / base[r["threads"], r["api"]], r["MB_per_s_warm"] / warm[r["threads"], r["api"]]
         print(f"{r['engine']:<15}{r['threads']:>8}{r['api']:>6}{r['MB_per_s']:>10.2f}{r['tokens_per_s'] / 1e6:>9.2f}{first:>12.2f}x"
               f"{r['MB_per_s_warm']:>11.2f}{best:>12.2f}x")
-    print(f"\n{'koi-tokenizer shard':<20}{'workers':>8}{'MB/s':>9}{'speed-up':>10}")
+    if shard:
+        print(f"\n{'koi-tokenizer shard':<20}{'workers':>8}{'MB/s':>9}{'speed-up':>10}")
     for r in shard:
         print(f"{'':<20}{r['workers']:>8}{r['MB_per_s']:>9.2f}{r['MB_per_s'] / shard[0]['MB_per_s']:>9.2f}x")
-    out_path = REPO / "bench" / "results" / "tokenizer.json"
-    out_path.write_text(json.dumps({"files": args.files, "cores": cores, "encode": rows, "shard": shard}, indent=1))
+    out_path = REPO / "bench" / "results" / f"tokenizer{'-' + args.label if args.label else ''}.json"
+    out_path.write_text(json.dumps({"files": args.files, "split": args.split, "cores": cores, "encode": rows, "shard": shard}, indent=1))
 
 
 def shard_scaling(files: list[Path], gpt2: Path, workers: int) -> dict:

@@ -103,16 +103,22 @@ def test_cache_stays_exact_when_every_hashed_key_collides(monkeypatch, data_dir,
         assert tokenizer.encode(sample, disallowed_special=()) == tiktoken_gpt2.encode_ordinary(sample)
 
 
-def test_cache_clears_at_its_bound_and_stays_exact(monkeypatch, data_dir, tiktoken_gpt2, pydocs_val_text):
+def test_caches_clear_at_their_bound_and_stay_exact(monkeypatch, data_dir, tiktoken_gpt2, pydocs_val_text):
     import koi_tokenizer.fast_path as fast_path
+    import koi_tokenizer.small_text as small_text
 
     monkeypatch.setattr(fast_path, "MAX_CACHED_PIECES", 500)
+    monkeypatch.setattr(small_text, "MAX_CACHED_PIECES", 500)
     tokenizer = Tokenizer.from_gpt2_files(data_dir / "gpt2" / "vocab.json", data_dir / "gpt2" / "merges.txt")
+    seeded = len(tokenizer._pieces)
     text = pydocs_val_text[:80_000]
     chunks = [text[i : i + 4000] for i in range(0, len(text), 4000)]
     for chunk in chunks:
-        assert tokenizer.encode(chunk, disallowed_special=()) == tiktoken_gpt2.encode_ordinary(chunk)
-    assert len(tokenizer._pieces) < 2000
+        expected = tiktoken_gpt2.encode_ordinary(chunk)
+        assert tokenizer.encode_ordinary_array(chunk).tolist() == expected  # the array path
+        assert tokenizer.encode(chunk, disallowed_special=()) == expected  # the small-text path
+    assert len(tokenizer._pieces) < seeded + 2000
+    assert len(tokenizer._small._pieces) < seeded + 2000
 
 
 def test_long_pieces_and_mixed_scripts(gpt2_tokenizer, tiktoken_gpt2):

@@ -19,7 +19,7 @@ from .piece_keys import PieceKeys, is_hashed, piece_keys, utf8_bytes
 from .piece_table import MISSING, PieceTable
 from .splitter import code_points, piece_bounds
 
-MAX_CACHED_PIECES = 2_000_000
+MAX_CACHED_PIECES = 2_000_000  # learnt pieces (beyond the whole tokens) kept before a reset
 _BY_TEXT = -2
 Encoder = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 
@@ -27,8 +27,10 @@ Encoder = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 class PieceCache:
     """Token ids of every distinct piece seen, stored flat so a whole text is one numpy gather."""
 
-    def __init__(self, bpe: Encoder) -> None:
+    def __init__(self, bpe: Encoder, whole_tokens: dict[str, int] | None = None) -> None:
+        """``whole_tokens``: pieces known to be one token each (text -> id), stored up front."""
         self._bpe = bpe
+        self._whole_tokens = whole_tokens or {}
         self.clear()
 
     def clear(self) -> None:
@@ -41,6 +43,23 @@ class PieceCache:
         self._last_words = np.zeros(1 << 12, dtype=np.uint64)
         self._records = 0
         self._used = 0
+        if self._whole_tokens:
+            self._seed(list(self._whole_tokens), np.fromiter(self._whole_tokens.values(), dtype=np.int64))
+
+    def _seed(self, pieces: list[str], ids: np.ndarray) -> None:
+        """Store pieces that are one token each, without BPE: a fresh cache then BPEs only the
+        pieces of two or more tokens (most distinct pieces of new text are whole tokens)."""
+        encoded = [p.encode("utf-8") for p in pieces]
+        data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        bounds = np.concatenate(([0], np.cumsum([len(b) for b in encoded])))
+        keys = piece_keys(data, bounds)
+        records = self._store(ids, np.ones(len(ids), dtype=np.int64), keys.first_words, keys.last_words)
+        keyed = np.ones(len(ids), dtype=bool)
+        keyed[keys.long] = False
+        keyed[np.flatnonzero(keyed)[~self._table.insert(keys.keys[keyed], records[keyed])]] = False
+        # Long pieces, and 8..16-byte ones whose hashed key another token took, go by their text.
+        record_list = records.tolist()
+        self._by_text.update((pieces[k], record_list[k]) for k in np.flatnonzero(~keyed).tolist())
 
     def __len__(self) -> int:
         return self._records
@@ -55,8 +74,11 @@ class PieceCache:
 
     def _add(self, pieces: list[str], first_words=None, last_words=None) -> np.ndarray:
         """BPE ``pieces`` (distinct, new) and store them; returns their record numbers."""
-        tokens, lengths = self._bpe(pieces)
-        first, count = self._records, len(pieces)
+        return self._store(*self._bpe(pieces), first_words, last_words)
+
+    def _store(self, tokens: np.ndarray, lengths: np.ndarray, first_words=None, last_words=None) -> np.ndarray:
+        """Append the token spans of new pieces (``lengths`` tokens each); returns their record numbers."""
+        first, count = self._records, len(lengths)
         for name in ("_offsets", "_lengths", "_first_words", "_last_words"):
             setattr(self, name, self._grow(getattr(self, name), first + count))
         self._tokens = self._grow(self._tokens, self._used + len(tokens))
@@ -101,7 +123,7 @@ class PieceCache:
         """`encode` of each text, done as one joined text so the per-call cost is paid once."""
         if not texts:
             return []
-        if self._records > MAX_CACHED_PIECES:
+        if self._records - len(self._whole_tokens) > MAX_CACHED_PIECES:
             self.clear()
         text = "".join(texts)
         cuts = np.cumsum([len(t) for t in texts[:-1]], dtype=np.int64)
