@@ -11,6 +11,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts several processes (torchrun); runs in CI all the same, kept to seconds")
+
+
 def shared_data() -> Path:
     root = Path(os.environ.get("KOI_SHARED_DATA", REPO.parent / "shared" / "data"))
     if not (root / "corpus" / "pydocs-val.txt").exists():

@@ -39,5 +39,6 @@ def test_incompatible_settings_are_config_errors(prepared, tmp_path):
     with pytest.raises(ConfigError, match="train.grad_clip: expected 0"):
         Trainer(load_dict(raw), tmp_path / "x", log=lambda *_: None)
     raw["train"]["grad_clip"] = 0
-    with pytest.raises(ConfigError, match="instability.action: expected rollback or abort"):
+    raw["instability"] = {"action": "lr_cut"}
+    with pytest.raises(ConfigError, match="instability.action: expected skip, rollback or abort"):
         Trainer(load_dict(raw), tmp_path / "y", log=lambda *_: None)

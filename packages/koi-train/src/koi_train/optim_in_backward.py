@@ -20,9 +20,10 @@ def check_compatible(cfg: RunConfig) -> None:
         raise ConfigError("", "train.grad_clip", "expected 0 with train.optimizer_in_backward (no global norm before the update)")
     if cfg.train.grad_accum > 1:
         raise ConfigError("", "train.grad_accum", "expected 1 with train.optimizer_in_backward")
-    if cfg.instability.enabled and cfg.instability.action in ("skip", "lr_cut"):
-        raise ConfigError("", "instability.action", "expected rollback or abort with train.optimizer_in_backward "
-                          "(the update has happened by the time a step is judged)")
+    if cfg.instability.enabled and cfg.instability.action == "lr_cut":
+        # skip works: with the update already applied it restores a snapshot (recovery.py)
+        raise ConfigError("", "instability.action", "expected skip, rollback or abort with train.optimizer_in_backward "
+                          "(the update has happened by the time a step is judged, so there is no step to cut)")
 
 
 class BackwardOptimizer(OptimizerSet):

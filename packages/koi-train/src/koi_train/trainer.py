@@ -15,16 +15,15 @@ from koi_eval import estimate_loss, evaluate_hellaswag, generate, read_eval_bin,
 from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, config_to_dict
 from .distributed import DistInfo, barrier, full_state_dicts, load_full_state_dicts, mean_across_ranks
-from .instability import InstabilityDetector, InstabilityEvent
+from .instability import InstabilityEvent, TrainingAborted
 from .metrics import MetricsLog, NullMetrics, plot_loss
+from .recovery import InstabilityGuard
 from .reporting import ProgressReporter
 from .schedule import lr_multiplier
 from .setup import RunParts, build_run
 from .sharded_checkpoint import is_sharded, load_sharded, save_sharded
 
-
-class TrainingAborted(RuntimeError):
-    """Too many instability events: the run stops with a report instead of training on garbage."""
+__all__ = ["Trainer", "TrainingAborted"]
 
 
 class Trainer:
@@ -32,11 +31,10 @@ class Trainer:
         self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist
         self.log = log if dist.is_main else (lambda *_: None)
         self.parts: RunParts = build_run(cfg, self.run_dir, dist=dist, log=self.log)
-        self.detector = InstabilityDetector(cfg.instability)
+        # judges each step, keeps snapshots, skips or rolls back bad updates (recovery.py)
+        self.guard = InstabilityGuard(cfg, self.parts, dist, loss_fn=lambda x, y: self.compute_loss(x, y), log=self.log)
         self.step = 0
         self.tokens_per_step = cfg.train.batch_size * self.parts.block_size * cfg.train.grad_accum
-        self.lr_cut_until = -1
-        self.good_state: dict | None = None
         self.checkpoint_dir = cfg.checkpoint.dir or str(self.run_dir / "checkpoints")
         self._hellaswag = None
 
@@ -49,7 +47,7 @@ class Trainer:
         """Everything but weights and optimizer state: step, data position, RNG, detector, config."""
         state = {
             "step": self.step, "data": self.parts.train_data.state_dict(), "rng": {"torch": torch.get_rng_state()},
-            "instability": self.detector.state_dict(), "lr_cut_until": self.lr_cut_until, "config": config_to_dict(self.cfg),
+            "instability": self.guard.state_dict(), "lr_cut_until": self.guard.lr_cut_until, "config": config_to_dict(self.cfg),
         }
         if self.parts.mixture is not None:
             state["mixture"] = self.parts.mixture.state_dict()
@@ -67,8 +65,8 @@ class Trainer:
             load_full_state_dicts(p.model, p.optimizer, state["model"], state["optimizer"], self.cfg.distributed.strategy, self.dist)
         p.train_data.load_state_dict(state["data"])
         torch.set_rng_state(state["rng"]["torch"])
-        self.detector.load_state_dict(state["instability"])
-        self.step, self.lr_cut_until = state["step"], state["lr_cut_until"]
+        self.guard.load_state_dict(state["instability"], lr_cut_until=state["lr_cut_until"])
+        self.step = state["step"]
         if self.parts.mixture is not None:
             self.parts.mixture.load_state_dict(state["mixture"])
 
@@ -114,29 +112,12 @@ class Trainer:
         return mean_across_ranks(total, self.dist, p.device), grad_norm
 
     def _apply_update(self, event: InstabilityEvent | None) -> None:
-        """Step the optimizer, unless the event says not to: a non-finite step is never applied."""
+        """Step the optimizer unless the step raised an event: a suspect update is never applied."""
         p = self.parts
-        multiplier = lr_multiplier(self.step, self.cfg.train)
-        if self.step < self.lr_cut_until:
-            multiplier *= self.cfg.instability.lr_cut_factor
-        p.optimizer.set_lr_multiplier(multiplier)
-        if event is None or (event.action == "lr_cut" and not event.signal.startswith("nonfinite")):
+        p.optimizer.set_lr_multiplier(self.guard.lr_multiplier(self.step))
+        if event is None:
             p.optimizer.step()
         p.optimizer.zero_grad()
-
-    def _handle_event(self, event, metrics: MetricsLog) -> None:
-        metrics.write(event.as_record())
-        self.log(f"instability at step {event.step}: {event.signal} = {event.value:.4g} "
-                 f"(threshold {event.threshold:.4g}) -> {event.action}")
-        if event.action == "abort":
-            raise TrainingAborted(
-                f"stopped after {self.detector.events} instability events; last: {event.signal} = {event.value:.4g} at step {event.step}"
-            )
-        if event.action == "lr_cut":
-            self.lr_cut_until = self.step + self.cfg.instability.lr_cut_steps
-        if event.action == "rollback" and self.good_state is not None:
-            self.parts.model.load_state_dict(self.good_state["model"])
-            self.parts.optimizer.load_state_dict(self.good_state["optimizer"])
 
     # evaluation ---------------------------------------------------------------------------
     @property
@@ -206,19 +187,16 @@ class Trainer:
         for line in p.report:
             self.log(line)
         p.model.train()
+        self.guard.begin(metrics, self.step)
         try:
             while self.step < cfg.train.steps:
-                if cfg.instability.action == "rollback" and self.step % cfg.instability.window == 0:
-                    # kept in host memory, so rollback costs no GPU memory
-                    self.good_state = to_host({"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict()})
+                self.guard.before_step(self.step)
                 loss, grad_norm = self.train_step()
-                event = self.detector.check(self.step, loss, grad_norm)
-                self._apply_update(event)
-                if event:
-                    self._handle_event(event, metrics)
+                self._apply_update(self.guard.after_step(self.step, loss, grad_norm))
                 self.step += 1
                 if p.mixture is not None and self.step % cfg.mixture.switch == 0 and self.step < cfg.train.steps:
-                    metrics.write({"kind": "mixture_switch", "step": self.step, "active": p.mixture.switch()})
+                    active = self.guard.planned_change(self.step, p.mixture.switch)  # judged first, then a new history
+                    metrics.write({"kind": "mixture_switch", "step": self.step, "active": active})
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                     record, line = reporter.record(self.step, loss, grad_norm, p.optimizer.optimizers[0].param_groups[0]["lr"])
                     metrics.write(record)
@@ -232,6 +210,7 @@ class Trainer:
                                  f"({last_eval['val_windows']} windows{bounded})" + mixture_summary(last_eval))
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
                     self.save()
+            self.guard.finish(self.step)  # the last update has no next step to judge it
         except KeyboardInterrupt:
             metrics.close()
             path = self.save()
@@ -270,13 +249,3 @@ def mixture_summary(record: dict) -> str:
     experts = ", ".join(f"{loss:.3f}" for loss in record["expert_losses"])
     return f"; experts [{experts}], best #{record['best_expert']}, ensemble {record['ensemble_loss']:.4f}"
 
-
-def to_host(obj):
-    """A copy of nested dicts/lists/tuples with every tensor copied to CPU memory."""
-    if torch.is_tensor(obj):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: to_host(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_host(v) for v in obj)
-    return obj

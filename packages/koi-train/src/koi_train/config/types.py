@@ -92,6 +92,8 @@ class RematConfig:
 class InstabilityConfig:
     enabled: bool = True
     window: int = 50
+    warmup: int = 10
+    snapshot_every: int = 50
     loss_z: float = 6.0
     grad_factor: float = 10.0
     action: str = "skip"

@@ -1,0 +1,141 @@
+"""Copies of the weights and optimizer state in host memory, to roll a bad update back.
+
+A snapshot is taken at the start of a step, before the step's forward pass, and stays *pending*
+until that forward pass has been judged: the step's loss is the first measurement of those
+weights, so only then is the snapshot known to be good. The store keeps the last two good
+snapshots (the newer one can still turn out to be bad, when damage shows only a few steps late)
+and at most one pending one, so three host copies of the model and its optimizer state at most.
+
+Cost on a GPU: one device-to-host copy of weights and optimizer state per snapshot, into pinned
+buffers reused from snapshot to snapshot (asynchronous, so no host sync), plus a NaN/Inf test of
+every tensor whose result is read only after the trainer's own sync at the end of the step.
+Restoring copies back in place, so DDP, the optimizers and the mixture keep their references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .optim import OptimizerSet
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's data: the local shard of an FSDP DTensor, the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _host_copy(t: torch.Tensor, reuse: torch.Tensor | None) -> torch.Tensor:
+    """``t`` copied to host memory, into ``reuse`` when it fits (no new pinned allocation)."""
+    t = _local(t).detach()
+    if reuse is None or reuse.shape != t.shape or reuse.dtype != t.dtype:
+        reuse = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+    return reuse.copy_(t, non_blocking=True)
+
+
+def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A device bool: every floating-point element of ``tensors`` is finite (no host sync)."""
+    flags = [torch.isfinite(_local(t)).all() for t in tensors if t.is_floating_point() and t.numel()]
+    return torch.stack(flags).all() if flags else torch.tensor(True)
+
+
+def _optimizer_states(optimizer: OptimizerSet) -> list[tuple[torch.optim.Optimizer, nn.Parameter]]:
+    return [(opt, p) for opt in optimizer.optimizers for group in opt.param_groups for p in group["params"]]
+
+
+@dataclass
+class Snapshot:
+    step: int
+    model: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer: list[dict | None] = field(default_factory=list)  # one state per (optimizer, parameter), in order
+    devices: list[dict] = field(default_factory=list)  # where each optimizer state tensor lived
+    finite: torch.Tensor | None = None  # device bool, read after the step's own sync
+    extra: dict = field(default_factory=dict)  # small host-side state that belongs with these weights
+
+    def is_finite(self) -> bool:
+        return bool(self.finite) if self.finite is not None else True
+
+
+class SnapshotStore:
+    """Pending and good snapshots of one model and its optimizers."""
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerSet, *, every: int, keep: int = 2) -> None:
+        self.model, self.optimizer, self.every, self.keep = model, optimizer, every, keep
+        self.good: list[Snapshot] = []  # oldest first
+        self.pending: Snapshot | None = None
+        self._spare: Snapshot | None = None  # buffers of a dropped snapshot, reused by the next capture
+
+    def due(self, step: int) -> bool:
+        """A snapshot is due every `every` steps after the last good one, or at once when there is none."""
+        return self.every > 0 and (not self.good or step - self.good[-1].step >= self.every)
+
+    def capture(self, step: int, extra: dict | None = None) -> Snapshot:
+        """Copy weights and optimizer state to host memory as the pending snapshot; ``extra`` is kept as is."""
+        if self.pending is not None:
+            self._drop(self.pending)
+        old, self._spare = self._spare, None
+        snap = Snapshot(step, extra=extra or {})
+        state = self.model.state_dict()
+        snap.model = {name: _host_copy(t, old.model.get(name) if old else None) for name, t in state.items()}
+        old_states = old.optimizer if old else []
+        for i, (opt, p) in enumerate(_optimizer_states(self.optimizer)):
+            current = opt.state.get(p)
+            previous = old_states[i] if i < len(old_states) else None
+            snap.optimizer.append(None if not current else {
+                k: _host_copy(v, (previous or {}).get(k)) if torch.is_tensor(v) else v for k, v in current.items()})
+            snap.devices.append({k: _local(v).device for k, v in (current or {}).items() if torch.is_tensor(v)})
+        tensors = list(state.values()) + [v for s in (opt.state.get(p) for opt, p in _optimizer_states(self.optimizer)) if s
+                                          for v in s.values() if torch.is_tensor(v)]
+        snap.finite = all_finite(tensors)
+        self.pending = snap
+        return snap
+
+    def promote(self) -> None:
+        """The pending snapshot's step was judged healthy: keep it as the newest good one."""
+        if self.pending is None:
+            return
+        self.good.append(self.pending)
+        self.pending = None
+        while len(self.good) > self.keep:
+            self._drop(self.good.pop(0))
+
+    def discard_pending(self) -> None:
+        if self.pending is not None:
+            self._drop(self.pending)
+            self.pending = None
+
+    def forget(self, snap: Snapshot) -> None:
+        """A good snapshot that turned out bad."""
+        self.good = [s for s in self.good if s is not snap]
+        self._drop(snap)
+
+    def clear(self) -> None:
+        """Drop every snapshot: after a planned change (an expert switch) none of them applies."""
+        for snap in [*self.good, *([self.pending] if self.pending else [])]:
+            self._drop(snap)
+        self.good, self.pending = [], None
+
+    def _drop(self, snap: Snapshot) -> None:
+        self._spare = snap
+
+    @torch.no_grad()
+    def restore(self, snap: Snapshot) -> None:
+        """Copy a snapshot back into the live tensors, in place."""
+        for name, t in self.model.state_dict().items():
+            _local(t).copy_(snap.model[name], non_blocking=True)
+        for (opt, p), saved, saved_devices in zip(_optimizer_states(self.optimizer), snap.optimizer, snap.devices, strict=True):
+            current = opt.state.get(p)
+            if saved is None:
+                opt.state.pop(p, None)
+                continue
+            if current and current.keys() == saved.keys() and all(
+                    not torch.is_tensor(v) or _local(current[k]).shape == v.shape for k, v in saved.items()):
+                for k, v in saved.items():
+                    if torch.is_tensor(v):
+                        _local(current[k]).copy_(v, non_blocking=True)
+                    else:
+                        current[k] = v
+            else:  # the state was created or reshaped since: rebuild it where it lived
+                opt.state[p] = {k: v.to(saved_devices[k], copy=True) if torch.is_tensor(v) else v for k, v in saved.items()}
