@@ -177,3 +177,21 @@ def test_learnable_scales_train_and_are_parameters():
     assert not torch.equal(model.mlp[0].weight_scale, start)
     with pytest.raises(ValueError, match="learnable scales need"):
         quantize_(Tiny(), {"mlp.*": "fp8"}, learnable_scales=True)
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_dequantize_gives_plain_linears_with_the_same_outputs(learnable):
+    torch.manual_seed(0)
+    model = Tiny()
+    quantize_(model, {"attn.*": "int4", "mlp.*": "ternary"}, learnable_scales=learnable)
+    idx = torch.randint(0, 50, (2, 9))
+    want = model(idx)
+    from koi_quant import dequantize_
+
+    assert dequantize_(model) == ["attn.qkv", "attn.out", "mlp.0", "mlp.2"]
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())
+    torch.testing.assert_close(model(idx), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="int8 activation quantization"):
+        other = Tiny()
+        quantize_(other, {"mlp.*": "int4"}, quantize_activations=True)
+        dequantize_(other)

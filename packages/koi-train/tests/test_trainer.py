@@ -207,3 +207,31 @@ def test_pruning_keeps_the_newest_files_and_shard_folders(tmp_path):
     assert [step for step, _ in list_checkpoints(str(tmp_path))] == [3, 4]
     prune_checkpoints(str(tmp_path), keep_last=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004"]
+
+
+def test_low_bit_run_is_evaluated_and_exported_as_the_low_bit_model(prepared, tmp_path):
+    """The loaded checkpoint computes with the quantized weights (not the latent ones), and so does its export."""
+    from koi_quant import QuantLinear
+    from koi_train.hf_io import load_hf
+    from koi_train.load_model import load_trained_model
+
+    raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": "ternary"}}, train={"steps": 6})
+    trainer = _train(raw, tmp_path / "run")
+    loaded = load_trained_model(str(tmp_path / "run")).eval()
+    assert isinstance(loaded.transformer.h[0].mlp.c_fc, QuantLinear)
+    idx = torch.randint(0, 512, (2, 16))
+    trained = trainer.parts.model.eval()
+    torch.testing.assert_close(loaded(idx), trained(idx))
+    result = _cli("export", str(tmp_path / "run"), str(tmp_path / "hf"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    torch.testing.assert_close(load_hf(tmp_path / "hf").eval()(idx), trained(idx), atol=1e-5, rtol=1e-5)
+    latent = load_trained_model(str(tmp_path / "run"))
+    from koi_quant import dequantize_
+
+    assert len(dequantize_(latent)) == 4 * 2  # four Linears per block, two blocks
+
+
+def test_a_plan_for_the_output_head_is_refused(prepared, tmp_path):
+    raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": "int4", "lm_head": "int4"}})
+    with pytest.raises(ConfigError, match=r"precision.plan.lm_head: matches the output head 'lm_head'"):
+        Trainer(load_dict(raw), tmp_path / "run", log=lambda *_: None)

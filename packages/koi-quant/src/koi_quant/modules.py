@@ -108,3 +108,35 @@ def quantize_(
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:4]
         raise ValueError(f"pattern {empty[0]!r} matches no Linear module (Linear names look like: {', '.join(linears)})")
     return matched
+
+
+def effective_weight(layer: QuantLinear) -> torch.Tensor:
+    """The weight a QuantLinear's forward multiplies by: its quantized (then dequantized) latent weight."""
+    with torch.no_grad():
+        if layer.weight_scale is not None:
+            return learned_scale_quantize(layer.weight, layer.weight_scale, layer.format.qmax)
+        return fake_quantize_ste(layer.weight, layer.format, layer.granularity)
+
+
+def dequantize_(model: nn.Module) -> list[str]:
+    """Swap, in place, every QuantLinear for a plain nn.Linear holding the weights it computes with.
+
+    The result is the trained low-bit model in a form any float runtime loads (a Hugging Face
+    export, say): its outputs equal the quantized model's. Activation quantization has no float
+    form, so such layers are refused rather than silently changed. Returns the swapped names.
+    """
+    swapped = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, QuantLinear):
+            continue
+        if module.quantize_activations:
+            raise ValueError(f"{name}: int8 activation quantization has no plain-Linear form; export it as the quantized model")
+        plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                          device=module.weight.device, dtype=module.weight.dtype)
+        with torch.no_grad():
+            plain.weight.copy_(effective_weight(module))
+            if module.bias is not None:
+                plain.bias.copy_(module.bias)
+        _set_module(model, name, plain)
+        swapped.append(name)
+    return swapped

@@ -11,6 +11,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import ConfigError, load_dict
 from .mixture import expert_model_config
 from .models import build_model, resolve_sizes
+from .quantize import apply_precision_plan
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -24,7 +25,9 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def load_trained_model(path: str, expert: int | None = None) -> nn.Module:
-    """The trained model. For an expert-mixture run: one expert (``expert``, by default the best at
+    """The trained model, with the precision plan it trained under (quantized layers compute as in training).
+
+    For an expert-mixture run: one expert (``expert``, by default the best at
     the last evaluation, else the active one) around the shared embedding and head, with the
     expert's depth, so what is exported is exactly what was evaluated as that expert."""
     checkpoint = resolve_checkpoint(path)
@@ -65,7 +68,9 @@ def _model_for(config: dict, vocab: int, checkpoint: str, expert_depth: bool = F
     model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab)
     if expert_depth:
         model_cfg = expert_model_config(model_cfg, cfg.mixture, resolve_sizes(model_cfg)["n_layer"])
-    return build_model(model_cfg)
+    model = build_model(model_cfg)
+    apply_precision_plan(model, cfg.precision)  # a low-bit run is evaluated as the low-bit model it trained
+    return model
 
 
 def _vocab_from_dcp(checkpoint: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from koi_kernels import Fp8Linear
-from koi_quant import QuantLinear, format_bytes_per_param, quantize_
+from koi_quant import FLOAT_FORMATS, QuantLinear, format_bytes_per_param, quantize_
 
 from .config import ConfigError, PrecisionConfig
 
@@ -14,11 +14,16 @@ def apply_precision_plan(model: nn.Module, cfg: PrecisionConfig) -> list[str]:
     """Swap matched Linear layers for quantized ones; return report lines (bytes/param per group)."""
     if not cfg.plan:
         return []
+    head = next(name for name, module in model.named_modules() if module is model.output_head)
     try:
         swapped = quantize_(model, cfg.plan, group_size=cfg.group_size, tile=cfg.tile, quantize_activations=cfg.activations,
                              learnable_scales=cfg.learnable_scales)
     except ValueError as exc:
         raise ConfigError("", "precision.plan", str(exc)) from None
+    if any(head in names and cfg.plan[pattern] not in FLOAT_FORMATS for pattern, names in swapped.items()):
+        pattern = next(p for p, names in swapped.items() if head in names)
+        raise ConfigError("", f"precision.plan.{pattern}", f"matches the output head {head!r}, which the fused loss multiplies "
+                          "in bf16 (it shares the embedding); expected patterns for the blocks only, e.g. transformer.h.*")
     fp8_layers = swap_in_fp8_matmuls(model, cfg.fp8_scaling) if cfg.fp8_matmul else 0
     scales = f"{cfg.tile[0]}x{cfg.tile[1]} tiles" if cfg.tile else f"groups of {cfg.group_size}" if cfg.group_size else "rows"
     extras = (", learned" if cfg.learnable_scales else "") + (", int8 activations" if cfg.activations else "")

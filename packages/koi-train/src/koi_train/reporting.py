@@ -30,8 +30,9 @@ def format_duration(seconds: float) -> str:
 
 class ProgressReporter:
     def __init__(self, total_steps: int, tokens_per_step: int, params: int, block_size: int,
-                 model: nn.Module, device: torch.device, *, start_step: int = 0) -> None:
-        self.total_steps, self.tokens_per_step = total_steps, tokens_per_step
+                 model: nn.Module, device: torch.device, *, start_step: int = 0, world_size: int = 1) -> None:
+        """``tokens_per_step`` is one process's; with ``world_size`` processes the job does that many times more."""
+        self.total_steps, self.tokens_per_step, self.world_size = total_steps, tokens_per_step, world_size
         spec = model.spec
         self.flops_per_token = flops_per_token(params, spec.n_layer, spec.n_embd, block_size)
         self.peak = device_peak_flops(device)
@@ -43,16 +44,19 @@ class ProgressReporter:
         steps = step - self.last_step
         elapsed = max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
-        tokens_per_s = steps * self.tokens_per_step / elapsed
+        per_device = steps * self.tokens_per_step / elapsed
+        tokens_per_s = per_device * self.world_size  # the whole job's
         eta = (self.total_steps - step) * elapsed / max(steps, 1)
         record = {"kind": "train", "step": step, "tokens": step * self.tokens_per_step, "loss": loss, "lr": lr,
-                  "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "time": time.time()}
+                  "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
+                  "devices": self.world_size, "time": time.time()}
         mfu = ""
         if torch.cuda.is_available() and self.peak is not None:
             record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if self.peak:
-            record["mfu"] = tokens_per_s * self.flops_per_token / self.peak
+            record["mfu"] = per_device * self.flops_per_token / self.peak
             mfu = f" | MFU {record['mfu']:.2f} | peak {record['peak_memory_gib']:.1f} GiB"
+        speed = f"{tokens_per_s:,.0f} tok/s" + (f" ({per_device:,.0f} per GPU x {self.world_size})" if self.world_size > 1 else "")
         line = (f"step {step:>6}/{self.total_steps} | loss {loss:.4f} | lr {lr:.2e} | grad {grad_norm:.3f} | "
-                f"{tokens_per_s:,.0f} tok/s{mfu} | ETA {format_duration(eta)}")
+                f"{speed}{mfu} | ETA {format_duration(eta)}")
         return record, line

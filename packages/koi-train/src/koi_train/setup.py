@@ -100,11 +100,14 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     if cfg.distributed.strategy == "fsdp" and cfg.optimizer.name == "muon" and dist.active:
         raise ConfigError("", "optimizer.name", "muon needs whole matrices; use ddp, or adamw/lion with fsdp")
     objective = NextTokenLoss(model)
+    compiled = cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda")
+    if compiled:
+        report.append("compile: on (train.compile); the first steps compile the objective and take a minute")
     if cfg.distributed.strategy == "fsdp":  # shard first, then compile the sharded blocks
         objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
-        objective = torch.compile(objective) if cfg.train.compile else objective
+        objective = torch.compile(objective) if compiled else objective
     else:  # compile, then replicate (DDP hooks see the compiled graph's buckets)
-        objective = torch.compile(objective) if cfg.train.compile else objective
+        objective = torch.compile(objective) if compiled else objective
         objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
     if cfg.train.optimizer_in_backward:
         check_compatible(cfg)

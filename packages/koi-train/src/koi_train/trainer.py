@@ -183,7 +183,7 @@ class Trainer:
         cfg, p = self.cfg, self.parts
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=self.step) if self.dist.is_main else NullMetrics()
         reporter = ProgressReporter(cfg.train.steps, self.tokens_per_step, p.params["total"], p.block_size, p.model,
-                                    p.device, start_step=self.step)
+                                    p.device, start_step=self.step, world_size=self.dist.world_size)
         for line in p.report:
             self.log(line)
         p.model.train()

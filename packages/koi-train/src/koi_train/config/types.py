@@ -56,7 +56,7 @@ class TrainConfig:
     optimizer_in_backward: bool = False
     device: str = "auto"
     dtype: str = "auto"
-    compile: bool = False
+    compile: bool | str = "auto"  # "auto": on CUDA only
     log_every: int = 10
 
 
