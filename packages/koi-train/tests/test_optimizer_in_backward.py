@@ -42,3 +42,29 @@ def test_incompatible_settings_are_config_errors(prepared, tmp_path):
     raw["instability"] = {"action": "lr_cut"}
     with pytest.raises(ConfigError, match="instability.action: expected skip, rollback or abort"):
         Trainer(load_dict(raw), tmp_path / "y", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_distributed_runs_refuse_the_step_in_backward(prepared, tmp_path, strategy):
+    """The hook fires before DDP averages (or FSDP reduce-scatters) the gradient: ranks would drift apart."""
+    raw = tiny_config(prepared, tmp_path, train={"optimizer_in_backward": True, "grad_clip": 0},
+                      distributed={"strategy": strategy})
+    with pytest.raises(ConfigError, match=f"train.optimizer_in_backward: expected false with distributed.strategy '{strategy}'"):
+        Trainer(load_dict(raw), tmp_path / "x", log=lambda *_: None)
+
+
+def test_bf16_weights_keep_stochastic_rounding_when_stepped_in_backward(prepared, tmp_path):
+    from koi_kernels import FusedAdamW
+
+    raw = tiny_config(prepared, tmp_path, train={"optimizer_in_backward": True, "grad_clip": 0, "steps": 4},
+                      optimizer={"weights": "bf16"}, instability={"action": "rollback"})
+    trainer = Trainer(load_dict(raw), tmp_path / "run", log=lambda *_: None)
+    assert all(isinstance(opt, FusedAdamW) for opt in trainer.parts.optimizer.optimizers)
+    before = [p.detach().clone() for p in trainer.parts.model.parameters()]
+    trainer.fit()
+    params = list(trainer.parts.model.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in params)
+    assert sum(not torch.equal(a, b) for a, b in zip(before, params)) == len(params)  # every parameter moved
+    raw["optimizer"] = {"weights": "bf16", "name": "adamw8bit"}
+    with pytest.raises(ConfigError, match="optimizer.weights: bf16 weights need optimizer.name adamw"):
+        Trainer(load_dict(raw), tmp_path / "other", log=lambda *_: None)

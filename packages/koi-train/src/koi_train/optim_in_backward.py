@@ -16,6 +16,12 @@ from .optim import OptimizerSet
 
 
 def check_compatible(cfg: RunConfig) -> None:
+    if cfg.distributed.strategy != "none":
+        # The hook fires when this rank's gradient is complete, before DDP averages it (and under
+        # FSDP before the reduce-scatter): each rank would step on its own gradient and drift apart.
+        raise ConfigError("", "train.optimizer_in_backward", f"expected false with distributed.strategy "
+                          f"{cfg.distributed.strategy!r} (each rank would update from its own un-averaged gradient); "
+                          "set distributed.strategy to none, or optimizer_in_backward to false")
     if cfg.train.grad_clip > 0:
         raise ConfigError("", "train.grad_clip", "expected 0 with train.optimizer_in_backward (no global norm before the update)")
     if cfg.train.grad_accum > 1:
@@ -32,19 +38,21 @@ class BackwardOptimizer(OptimizerSet):
     def __init__(self, model: nn.Module, make_optimizer) -> None:
         self.params = [p for p in model.parameters() if p.requires_grad]
         super().__init__([make_optimizer(p) for p in self.params])
-        self._squared_norm = torch.zeros((), dtype=torch.float64)
+        # Summed on the parameters' device and read once per step: a host copy per parameter
+        # would stall the GPU at every hook.
+        self._squared_norm = torch.zeros((), dtype=torch.float32, device=self.params[0].device if self.params else "cpu")
         for p, opt in zip(self.params, self.optimizers):
             p.register_post_accumulate_grad_hook(self._hook(opt))
 
     def _hook(self, opt: torch.optim.Optimizer):
         def step_now(p: torch.Tensor) -> None:
-            self._squared_norm += p.grad.detach().double().pow(2).sum().cpu()
+            self._squared_norm += p.grad.detach().float().pow(2).sum().to(self._squared_norm.device)
             opt.step()
             opt.zero_grad(set_to_none=True)
         return step_now
 
     def take_grad_norm(self) -> float:
-        norm = float(self._squared_norm.sqrt())
+        norm = float(self._squared_norm.sqrt())  # the step's one host read
         self._squared_norm.zero_()
         return norm
 
