@@ -1,0 +1,150 @@
+"""Recipe Q of TARGETS.md through `koi-train run`: val loss per format and seed, the low-bit quality table.
+
+GPT-2 124M from scratch on the three train corpora (random windows of 1024, batch 16, 700 steps),
+then the mean loss over every non-overlapping 1024-token window of linuxdocs-val and pydocs-val,
+each file on its own. Each run is its own `koi-train run` process; several share a card at once
+(loss does not care; time speed with bench/train_throughput.py). The evaluation loads each run
+back the way `koi-eval` does, so a low-bit run is scored as the quantized model it trained.
+Rows print as runs finish and land in $OUT/recipe_q.jsonl; the summary gives mean +- sd over
+seeds and each format's ratio to bf16 under the same optimizer.
+
+    python bench/recipe_q.py --formats bf16,int4,ternary --seeds 1,2,3 --optimizer muon
+    python bench/recipe_q.py --formats bf16 --seeds 1 --steps 50          # a quick check of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from data_tokens import make_shards, shared_data  # noqa: E402
+
+TRAIN_FILES = ("pydocs-train.txt", "linuxdocs-train.txt", "perldocs-train.txt")
+VAL_FILES = ("linuxdocs-val.txt", "pydocs-val.txt")
+OPTIMIZERS = {  # recipe Q's AdamW, and the Muon row of TARGETS.md (Muon 0.02 on block matrices, AdamW 6e-4 elsewhere)
+    "adamw": {"name": "adamw", "betas": [0.9, 0.95], "weight_decay": 0.1},
+    "muon": {"name": "muon", "betas": [0.9, 0.95], "weight_decay": 0.1, "muon_lr": 0.02, "muon_momentum": 0.95},
+}
+
+
+def config(name: str, fmt: str, seed: int, optimizer: str, steps: int, shards: Path, out: Path) -> dict:
+    plan = {"transformer.h.*": fmt} if fmt != "bf16" else {}
+    return {
+        "name": name, "out_dir": str(out), "seed": seed,
+        "model": {"arch": "gpt2", "preset": "gpt2-124M"},
+        "data": {"train": [str(shards / "train" / "*_train_*.bin")], "val": [str(shards / "pydocs-val.txt" / "*_train_*.bin")]},
+        "train": {"steps": steps, "batch_size": 16, "lr": 6e-4, "warmup_steps": steps // 10, "schedule": "cosine",
+                  "min_lr_ratio": 0.1, "grad_clip": 1.0, "device": "cuda", "compile": True, "log_every": 50},
+        "optimizer": OPTIMIZERS[optimizer],
+        "precision": {"plan": plan},
+        "eval": {"every": 0, "max_windows": 8, "sample_prompt": None},
+        "checkpoint": {"every": 0, "keep_last": 1},
+    }
+
+
+@torch.no_grad()
+def val_loss(run_dir: Path, shard: Path) -> float:
+    """Mean CE over all non-overlapping 1024-token windows of one val file, bf16 autocast, as trained."""
+    from koi_tokenizer import read_shard
+    from koi_train.load_model import load_trained_model
+
+    model = load_trained_model(str(run_dir)).cuda().eval()
+    tokens = np.concatenate([read_shard(p) for p in sorted(shard.glob("*_train_*.bin"))]).astype(np.int64)
+    windows = (len(tokens) - 1) // 1024
+    total, count = 0.0, 0
+    for start in range(0, windows, 16):
+        rows = range(start, min(windows, start + 16))
+        x = torch.stack([torch.from_numpy(tokens[r * 1024 : r * 1024 + 1024]) for r in rows]).cuda()
+        y = torch.stack([torch.from_numpy(tokens[r * 1024 + 1 : r * 1024 + 1025]) for r in rows]).cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(x)
+        total += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
+        count += y.numel()
+    return total / count
+
+
+def prepare(work: Path) -> Path:
+    shards = work / "shards"
+    make_shards(shards / "train", TRAIN_FILES, val_fraction=0.0)
+    for name in VAL_FILES:
+        make_shards(shards / name, (name,), val_fraction=0.0)
+    return shards
+
+
+def summarize(rows: list[dict]) -> None:
+    print(f"\n{'format':<10}{'optimizer':<10}{'seeds':>6}{'linuxdocs-val':>22}{'pydocs-val':>22}{'ratio to bf16':>16}")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["format"], row["optimizer"]), []).append(row)
+    means = {key: [float(np.mean([r[f] for r in group])) for f in VAL_FILES] for key, group in groups.items()}
+    for (fmt, opt), group in groups.items():
+        cells = []
+        for f in VAL_FILES:
+            values = [r[f] for r in group]
+            sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+            cells.append(f"{np.mean(values):.3f} +- {sd:.3f}" if not math.isnan(sd) else f"{values[0]:.3f}")
+        bf16 = means.get(("bf16", opt))
+        ratio = " / ".join(f"{m / b:.3f}x" for m, b in zip(means[(fmt, opt)], bf16)) if bf16 else "-"
+        print(f"{fmt:<10}{opt:<10}{len(group):>6}{cells[0]:>22}{cells[1]:>22}{ratio:>16}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--formats", default="bf16,int8,int4,ternary,binary")
+    parser.add_argument("--seeds", default="1")
+    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw")
+    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--parallel", type=int, default=5, help="runs sharing the card at once")
+    args = parser.parse_args()
+    out = Path(os.environ.get("OUT", REPO / "bench" / "results"))
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="koi-recipe-q-"))
+    shards = prepare(work)
+    print(f"recipe Q: {args.steps} steps of 16x1024, optimizer {args.optimizer}, data {shared_data()}", flush=True)
+    queue = [(fmt, int(seed)) for seed in args.seeds.split(",") for fmt in args.formats.split(",")]
+    running: list[tuple[str, int, subprocess.Popen, Path]] = []
+    rows = []
+    while queue or running:
+        while queue and len(running) < args.parallel:
+            fmt, seed = queue.pop(0)
+            name = f"{fmt}-{args.optimizer}-s{seed}"
+            path = work / f"{name}.json"
+            path.write_text(json.dumps(config(name, fmt, seed, args.optimizer, args.steps, shards, work)))
+            log = (work / f"{name}.log").open("w")
+            proc = subprocess.Popen([sys.executable, "-m", "koi_train", "run", str(path)], stdout=log, stderr=subprocess.STDOUT)
+            running.append((fmt, seed, proc, work / name))
+        for entry in list(running):
+            fmt, seed, proc, run_dir = entry
+            if proc.poll() is None:
+                continue
+            running.remove(entry)
+            row = {"format": fmt, "seed": seed, "optimizer": args.optimizer, "steps": args.steps}
+            try:
+                if proc.returncode != 0:
+                    raise RuntimeError(f"koi-train run exited {proc.returncode}; log {run_dir}.log")
+                row.update({f: val_loss(run_dir, shards / f) for f in VAL_FILES})
+                rows.append(row)
+                print(f"{fmt:<10} seed {seed}: " + "  ".join(f"{f} {row[f]:.4f}" for f in VAL_FILES), flush=True)
+            except Exception as exc:  # a failed run is reported; the others go on
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                print(f"{fmt:<10} seed {seed}: FAILED {row['error']}", flush=True)
+            with (out / "recipe_q.jsonl").open("a") as f:
+                f.write(json.dumps({**row, "date": time.strftime("%Y-%m-%d")}) + "\n")
+        time.sleep(2)
+    summarize(rows)
+
+
+if __name__ == "__main__":
+    main()
