@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import secrets
 import subprocess
 import sys
 import tarfile
@@ -173,16 +174,16 @@ def write_atomic(path: Path, data: bytes) -> None:
     A twin of koi_tokenizer.atomic_write_bytes on purpose: this file runs before any koi package is installed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides, as for any other file
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
