@@ -12,8 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import nox
+
+sys.path.insert(0, str(Path(__file__).parent / "tools"))
+from koi_data import DataError, data_root  # noqa: E402
 
 nox.options.sessions = ["lint", "schema", "tests"]  # `gpu` runs only when asked for
 nox.options.default_venv_backend = "venv"
@@ -26,6 +31,14 @@ PACKAGES = {
     "koi-train": ["koi-tokenizer", "koi-quant", "koi-kernels", "koi-eval"],
 }
 KOI_IMPORTS = {name: name.replace("-", "_") for name in PACKAGES}
+# The real data each package's tests read (tools/koi_data.py finds or fetches it); None: every file.
+TEST_DATA = {
+    "koi-tokenizer": None,  # the parity test encodes the whole corpus
+    "koi-quant": ["corpus/pydocs-val.txt"],
+    "koi-kernels": [],
+    "koi-eval": ["corpus/pydocs-val.txt"],
+    "koi-train": ["corpus/pydocs-val.txt"],
+}
 
 
 def has_gpu() -> bool:
@@ -43,11 +56,21 @@ def test_env() -> dict[str, str]:
     return {} if has_gpu() else {"TRITON_INTERPRET": "1"}
 
 
+def data_env(session: nox.Session, package: str) -> dict[str, str]:
+    """KOI_SHARED_DATA for the tests: ../shared/data when it is there, else the files fetched once into a cache."""
+    if TEST_DATA[package] == []:
+        return {}
+    try:
+        return {"KOI_SHARED_DATA": str(data_root(TEST_DATA[package], log=session.log))}
+    except DataError as exc:
+        session.error(f"test data: {exc}")
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff over every package, the benches and this file."""
     session.install("-c", "constraints/tools.txt", "ruff")
-    session.run("ruff", "check", "packages", "bench", "noxfile.py")
+    session.run("ruff", "check", "packages", "bench", "tools", "noxfile.py")
 
 
 @nox.session
@@ -60,7 +83,8 @@ def tests(session: nox.Session, package: str) -> None:
     # The package must work without the koi packages it does not declare.
     session.run("python", "-c", f"import importlib.util as u; extra = [m for m in {others!r} if u.find_spec(m)]; "
                 "assert not extra, f'undeclared koi packages installed: {extra}'")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", f"packages/{package}/tests", *session.posargs, env=test_env())
+    session.run("pytest", "-q", "-p", "no:cacheprovider", f"packages/{package}/tests", *session.posargs,
+                env={**test_env(), **data_env(session, package)})
 
 
 @nox.session(venv_backend="none")
@@ -82,7 +106,7 @@ def gpu(session: nox.Session) -> None:
     for name in PACKAGES:  # every package runs, so one failure does not hide another's
         try:
             session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", f"packages/{name}/tests", *session.posargs,
-                        env=env)
+                        env={**env, **data_env(session, name)})
         except nox.command.CommandFailed:
             failed.append(name)
     if failed:

@@ -6,7 +6,7 @@ tests check the error bound and that quantizing the trained model costs little l
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,15 +17,15 @@ from torch import nn
 from koi_quant import fake_quantize, per_group, quantize, quantize_
 
 REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "tools"))  # the data helper is repository tooling, not an installed package
+from koi_data import data_root  # noqa: E402
+
 CONTEXT = 8
 
 
 def _text() -> bytes:
-    root = Path(os.environ.get("KOI_SHARED_DATA", REPO.parent / "shared" / "data"))
-    path = root / "corpus" / "pydocs-val.txt"
-    if not path.exists():
-        raise RuntimeError(f"real test data not found at {path}; set KOI_SHARED_DATA to the shared/data folder")
-    return path.read_bytes()[:400_000]
+    """$KOI_SHARED_DATA, ../shared/data, or the same file fetched into a cache (tools/koi_data.py)."""
+    return (data_root(["corpus/pydocs-val.txt"]) / "corpus" / "pydocs-val.txt").read_bytes()[:400_000]
 
 
 class ByteMLP(nn.Module):

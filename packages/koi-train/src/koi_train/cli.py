@@ -18,6 +18,7 @@ from koi_tokenizer import ShardError, TokenizerFileError
 from .config import ConfigError, RunConfig, config_to_dict, load_config, load_dict
 from .config.load import read_config_file
 from .errors import CheckpointError, ExportError
+from .interrupt import DeferredInterrupt
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -51,13 +52,16 @@ def _save_resolved(cfg: RunConfig, run_dir: Path) -> None:
 
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, dist) -> int:
+    from .checkpoint import latest_checkpoint
     from .distributed import shutdown
     from .trainer import Trainer, TrainingAborted
 
     try:
         trainer = Trainer(cfg, run_dir, log=lambda msg: print(msg, flush=True), dist=dist)
-        if resume:
+        if resume and latest_checkpoint(trainer.checkpoint_dir) is not None:
             trainer.resume()
+        elif resume:  # Ctrl-C came before the first checkpoint: starting over is the exact continuation
+            trainer.log(f"no checkpoint in {trainer.checkpoint_dir} yet: training from step 0")
         trainer.fit()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -89,9 +93,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from .distributed import init_distributed
+    from .metrics import final_summary
 
     run_dir = Path(args.run_dir)
     cfg = load_dict(read_config_file(run_dir / "config.json"), source=str(run_dir / "config.json"), overrides=args.set or [])
+    summary = final_summary(run_dir / "metrics.jsonl", cfg.train.steps)
+    if summary is not None:  # leave a finished run as it is: no new evaluation, checkpoint or summary
+        print(f"{run_dir}: complete at step {summary['step']} of {cfg.train.steps}, nothing to do "
+              f"(to train longer: koi-train resume {run_dir} --set train.steps=N)")
+        return 0
     return _train(cfg, run_dir, resume=True, dist=init_distributed(cfg.distributed))
 
 
@@ -133,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="e.g. train.steps=2000 to train longer")
     p.set_defaults(run=cmd_resume)
-    p = sub.add_parser("export", help="write a checkpoint as Hugging Face safetensors + config.json")
+    p = sub.add_parser("export", help="write a checkpoint as Hugging Face safetensors + config.json + tokenizer")
     p.add_argument("checkpoint", help="a step_*.pt file or a run folder (latest checkpoint)")
     p.add_argument("output", help="output folder")
     p.add_argument("--expert", type=int, metavar="N", help="mixture runs: which expert (default: the best at the last eval)")
@@ -144,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("run", "resume"):  # from here on Ctrl-C waits for a step boundary (see interrupt.py)
+            with DeferredInterrupt():
+                return args.run(args)
         return args.run(args)
     except USER_ERRORS as exc:
         print(f"koi-train {args.command}: {exc}", file=sys.stderr)

@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from koi_tokenizer import EOT_TOKEN, Tokenizer, atomic_write_bytes
+
 from .errors import ExportError
 from .models import GPT2, GPT2Spec, Llama, LlamaSpec
 
@@ -44,15 +46,28 @@ def hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_hf(model: nn.Module, folder: str | Path) -> list[Path]:
+def save_hf(model: nn.Module, folder: str | Path, *, eot_id: int | None = None) -> list[Path]:
+    """Weights and config.json; ``eot_id`` (the tokenizer's <|endoftext|>) becomes bos, eos and pad, as in GPT-2."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights, config = folder / "model.safetensors", folder / "config.json"
     tmp = folder / ".model.safetensors.tmp"
     save_file(hf_state_dict(model), str(tmp), metadata={"format": "pt"})
     tmp.replace(weights)
-    config.write_text(json.dumps(hf_config(model), indent=2))
+    special = {} if eot_id is None else {"bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id}
+    atomic_write_bytes(config, json.dumps({**hf_config(model), **special}, indent=2).encode())
     return [weights, config]
+
+
+def save_hf_tokenizer(tokenizer: Tokenizer, folder: str | Path) -> list[Path]:
+    """tokenizer.json (HF format) and tokenizer_config.json, so AutoTokenizer loads the folder."""
+    folder = Path(folder)
+    tokens = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN, "pad_token": EOT_TOKEN} \
+        if EOT_TOKEN in tokenizer.special_tokens else {}
+    config = {"tokenizer_class": "GPT2TokenizerFast", "add_prefix_space": False, "clean_up_tokenization_spaces": False, **tokens}
+    tokenizer.save_hf_json(folder / "tokenizer.json")
+    atomic_write_bytes(folder / "tokenizer_config.json", json.dumps(config, indent=2).encode())
+    return [folder / "tokenizer.json", folder / "tokenizer_config.json"]
 
 
 def spec_from_hf_config(config: dict, path: Path) -> GPT2Spec | LlamaSpec:

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from koi_tokenizer import atomic_write_bytes
+
 
 class MetricsLog:
     """Appends one JSON object per line and flushes, so a crash keeps everything logged so far."""
@@ -18,7 +20,7 @@ class MetricsLog:
         if truncate_after_step is not None and path.exists():
             # On resume, drop records from steps the checkpoint does not contain, so the curve is continuous.
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= truncate_after_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())  # a Ctrl-C here must not cut the file
         self._file = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -42,6 +44,14 @@ class NullMetrics:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def final_summary(path: Path, steps: int) -> dict[str, Any] | None:
+    """The summary a finished run wrote (at ``steps`` or later), or None while the run still has steps to go."""
+    if not path.exists():
+        return None
+    done = [r for r in read_metrics(path) if r.get("kind") == "summary" and r.get("step", 0) >= steps]
+    return done[-1] if done else None
 
 
 def plot_loss(metrics_path: Path, image_path: Path) -> None:

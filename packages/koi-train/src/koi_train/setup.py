@@ -71,6 +71,8 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
         val_patterns = val_patterns or prepared.val
         tokenizer_path = tokenizer_path or prepared.tokenizer
     tokenizer = Tokenizer.load(tokenizer_path) if tokenizer_path else None
+    if tokenizer is not None and dist.is_main:  # the run folder keeps its own tokenizer: export ships it with the weights
+        tokenizer.save(run_dir / "tokenizer.json")
 
     torch.manual_seed(cfg.seed)
     tokenizer_vocab = tokenizer.vocab_size if tokenizer else None

@@ -16,6 +16,7 @@ from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, sav
 from .config import ConfigError, RunConfig, config_to_dict
 from .distributed import DistInfo, barrier, full_state_dicts, load_full_state_dicts, mean_across_ranks
 from .instability import InstabilityEvent, TrainingAborted
+from .interrupt import DeferredInterrupt, StoppedAtBoundary
 from .metrics import MetricsLog, NullMetrics, plot_loss
 from .recovery import InstabilityGuard
 from .reporting import ProgressReporter
@@ -179,6 +180,13 @@ class Trainer:
             self.load_state_dict(load_checkpoint(path))
         self.log(f"resumed from {path} at step {self.step}")
 
+    def _stop_at_boundary(self, metrics: MetricsLog) -> None:
+        """Between two steps every piece of state agrees, so this checkpoint resumes bit for bit."""
+        metrics.close()
+        path = self.save()
+        self.log(f"interrupted at step {self.step}: saved {path}; continue with: koi-train resume {self.run_dir}")
+        raise StoppedAtBoundary
+
     def fit(self) -> dict:
         cfg, p = self.cfg, self.parts
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=self.step) if self.dist.is_main else NullMetrics()
@@ -188,8 +196,11 @@ class Trainer:
             self.log(line)
         p.model.train()
         self.guard.begin(metrics, self.step)
+        interrupt = DeferredInterrupt().__enter__()  # Ctrl-C waits for a step boundary (see interrupt.py)
         try:
             while self.step < cfg.train.steps:
+                if interrupt.requested_on_any_rank(self.dist, p.device):
+                    self._stop_at_boundary(metrics)
                 self.guard.before_step(self.step)
                 loss, grad_norm = self.train_step()
                 self._apply_update(self.guard.after_step(self.step, loss, grad_norm))
@@ -211,20 +222,24 @@ class Trainer:
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
                     self.save()
             self.guard.finish(self.step)  # the last update has no next step to judge it
-        except KeyboardInterrupt:
+            if interrupt.requested_on_any_rank(self.dist, p.device):
+                self._stop_at_boundary(metrics)
+        except KeyboardInterrupt as exc:
             metrics.close()
-            path = self.save()
-            self.log(f"interrupted at step {self.step}: saved {path}; continue with: koi-train resume {self.run_dir}")
+            if not isinstance(exc, StoppedAtBoundary):  # it may have landed mid-step: a checkpoint of that would not resume exactly
+                self.log(f"stopped during step {self.step + 1} without a checkpoint; koi-train resume {self.run_dir} "
+                         "continues from the last one")
             raise
         except BaseException:
             metrics.close()
             raise
+        finally:
+            interrupt.__exit__(None, None, None)
         path = self.save()
         summary = {"kind": "summary", "step": self.step, "tokens": self.step * self.tokens_per_step,
                    "parameters": p.params["total"], "parameters_trained": p.params["trained"], "checkpoint": path}
         final = self.evaluate(full=cfg.eval.full_at_end)
         if final:
-            metrics.write(final)
             kind = "full" if not final["val_sampled"] else "sampled"
             self.log(f"final {kind} val loss {final['val_loss']:.4f} +- {final['val_stderr']:.4f} over {final['val_tokens']:,} tokens"
                      + mixture_summary(final))
@@ -235,11 +250,14 @@ class Trainer:
         if sample is not None:
             self.log("sample:\n" + sample)
             summary["sample"] = sample
-        metrics.write(summary)
+        for record in (final, summary):  # together, last: a Ctrl-C before them leaves no half of this ending to repeat on resume
+            if record:
+                metrics.write(record)
         metrics.close()
         if self.dist.is_main:
             plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
-        self.log(f"done: {self.run_dir} (metrics.jsonl, loss.png, checkpoints/)")
+        written = [name for name in ("config.json", "metrics.jsonl", "loss.png") if (self.run_dir / name).exists()]
+        self.log(f"done: {self.run_dir} ({', '.join(written)}, checkpoints/)")
         return summary
 
 
