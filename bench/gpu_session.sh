@@ -2,7 +2,7 @@
 # One lent-GPU session in one script: install what the machine lacks, then run the named stages,
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
-# Stages: setup, parity, retest, tests, smoke, speed, quality. Offline machines need the wheels in .carry/whl
+# Stages: setup, parity, retest, tests, smoke, speed, quality, sparsity. Offline machines need the wheels in .carry/whl
 # (jsonschema and friends, hatchling and editables, nox) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +52,10 @@ stage_speed() {
 stage_quality() {  # recipe Q per format and seed (issue 19); about 5 runs at a time on one card
   timeout "${KOI_QUALITY_TIMEOUT:-580}" python3 bench/recipe_q.py --formats "${KOI_FORMATS:-bf16,int8,int4,ternary,binary}" \
     --seeds "${KOI_SEEDS:-1}" --optimizer "${KOI_OPTIMIZER:-muon}" 2>&1 | tee "$logs/recipe_q.log"
+}
+
+stage_sparsity() {  # issue 27: 2:4 matmuls, gathered MLPs, whole steps with sparse sides (about 6 minutes)
+  timeout "${KOI_SPARSITY_TIMEOUT:-580}" python3 bench/sparsity.py 2>&1 | tee "$logs/sparsity.log"
 }
 
 for stage in "$@"; do

@@ -38,6 +38,7 @@ CASES = {
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
 BLOCKS = "transformer.h.*"
+MLPS = "transformer.h.*.mlp.*"
 # Koi sides: run-config overrides on top of `koi_config`.
 KOI_SIDES = {
     "koi": {},
@@ -48,6 +49,11 @@ KOI_SIDES = {
     "koi-int4": {"precision": {"plan": {BLOCKS: "int4"}}},
     "koi-ternary": {"precision": {"plan": {BLOCKS: "ternary"}}},
     "koi-lowmem": {"optimizer": {"name": "adamw8bit"}, "train": {"optimizer_in_backward": True, "grad_clip": 0.0}},
+    # issue 27 (bench/sparsity.py): 2:4 MLPs from step 0 on the sparse kernels / masked dense, with int8, and MLP predictors
+    "koi-sparse24": {"sparsity": {"plan": {MLPS: "2:4"}}},
+    "koi-sparse24-masked": {"sparsity": {"plan": {MLPS: "2:4"}, "kernel": "masked"}},
+    "koi-sparse24-int8": {"precision": {"plan": {MLPS: "int8"}}, "sparsity": {"plan": {MLPS: "2:4"}}},
+    "koi-predictor": {"sparsity": {"activation_predictor": {"enabled": True}}},
 }
 REFERENCE_SIDES = {"reference": False, "reference-remat": True}
 

@@ -1,10 +1,12 @@
-"""koi-quant: low-bit formats, tile/group scales, bit packing and straight-through training.
+"""koi-quant: low-bit formats, tile/group scales, bit packing, straight-through training, 2:4 sparsity.
 
-    from koi_quant import quantize_, memory_table
+    from koi_quant import quantize_, memory_table, sparsify_
     quantize_(model, {"*.mlp.*": "ternary", "*.attn.*": "int8"})
+    sparsify_(model, {"*.mlp.*": "2:4"})  # after quantize_: the mask applies to the quantized weight
     print(memory_table(model))
 """
 
+from .activation_sparsity import LowRankPredictor, gathered_mlp, predictor_loss, recall, top_mask, train_alongside
 from .formats import FLOAT_FORMATS, FORMATS, NF4_LEVELS, QuantFormat, format_bytes_per_param, get_format
 from .granularity import PER_ROW, PER_TENSOR, Granularity, per_group, per_tile
 from .learned_scale import learned_scale_quantize
@@ -12,12 +14,15 @@ from .modules import QuantLinear, dequantize_, effective_weight, quantize_
 from .packing import pack_bits, pack_trits, unpack_bits, unpack_trits
 from .quantize import QuantizedTensor, fake_quantize, quantize
 from .report import memory_table
+from .sparsity import MaskSchedule, SparseLinear, SparseQuantLinear, nm_mask, sparse_layers, sparsify_, update_masks_
 from .ste import fake_quantize_ste, quantize_activations_int8
 
 __version__ = "0.1.0"
 __all__ = [
-    "FLOAT_FORMATS", "FORMATS", "Granularity", "NF4_LEVELS", "PER_ROW", "PER_TENSOR", "QuantFormat", "QuantLinear",
-    "QuantizedTensor", "dequantize_", "effective_weight", "fake_quantize", "fake_quantize_ste",
-    "format_bytes_per_param", "get_format", "learned_scale_quantize", "memory_table", "pack_bits", "pack_trits",
-    "per_group", "per_tile", "quantize", "quantize_", "quantize_activations_int8", "unpack_bits", "unpack_trits",
+    "FLOAT_FORMATS", "FORMATS", "Granularity", "LowRankPredictor", "MaskSchedule", "NF4_LEVELS", "PER_ROW", "PER_TENSOR",
+    "QuantFormat", "QuantLinear", "QuantizedTensor", "SparseLinear", "SparseQuantLinear", "dequantize_", "effective_weight",
+    "fake_quantize", "fake_quantize_ste", "format_bytes_per_param", "gathered_mlp", "get_format", "learned_scale_quantize",
+    "memory_table", "nm_mask", "pack_bits", "pack_trits", "per_group", "per_tile", "predictor_loss", "quantize", "quantize_",
+    "quantize_activations_int8", "recall", "sparse_layers", "sparsify_", "top_mask", "train_alongside", "unpack_bits",
+    "unpack_trits", "update_masks_",
 ]

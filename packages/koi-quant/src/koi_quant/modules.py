@@ -47,11 +47,14 @@ class QuantLinear(nn.Linear):
             new.weight_scale = nn.Parameter(initial_scale(linear.weight, new.format.qmax))
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def compute_weight(self) -> torch.Tensor:
+        """The quantized weight the forward multiplies by, differentiable to the latent weight (and scale)."""
         if self.weight_scale is not None:
-            w = learned_scale_quantize(self.weight, self.weight_scale, self.format.qmax)
-        else:
-            w = fake_quantize_ste(self.weight, self.format, self.granularity)
+            return learned_scale_quantize(self.weight, self.weight_scale, self.format.qmax)
+        return fake_quantize_ste(self.weight, self.format, self.granularity)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.compute_weight()
         if self.quantize_activations:
             x = quantize_activations_int8(x)
         return F.linear(x, w.to(x.dtype), self.bias)
@@ -60,7 +63,7 @@ class QuantLinear(nn.Linear):
         return f"{super().extra_repr()}, format={self.format.name}, granularity={self.granularity.kind}"
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
@@ -96,30 +99,36 @@ def quantize_(
         pattern = next((p for p in plan if fnmatch.fnmatchcase(name, p)), None)
         if pattern is None:
             continue
+        if hasattr(module, "nm"):
+            raise ValueError(f"{name} is already sparse; call quantize_ before sparsify_ (the mask applies to the quantized weight)")
         matched[pattern].append(name)
         fmt = plan[pattern]
         if fmt in FLOAT_FORMATS:
             continue
-        _set_module(model, name, QuantLinear.from_linear(module, format=fmt, granularity=granularity,
+        set_module(model, name, QuantLinear.from_linear(module, format=fmt, granularity=granularity,
                                                           quantize_activations=quantize_activations,
                                                           learnable_scale=learnable_scales))
+    refuse_unmatched(model, matched)
+    return matched
+
+
+def refuse_unmatched(model: nn.Module, matched: Mapping[str, list[str]]) -> None:
+    """A plan pattern that matches no Linear is an error: a typo would otherwise silently change nothing."""
     empty = [p for p, names in matched.items() if not names]
     if empty:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:4]
         raise ValueError(f"pattern {empty[0]!r} matches no Linear module (Linear names look like: {', '.join(linears)})")
-    return matched
 
 
-def effective_weight(layer: QuantLinear) -> torch.Tensor:
-    """The weight a QuantLinear's forward multiplies by: its quantized (then dequantized) latent weight."""
+def effective_weight(layer: nn.Linear) -> torch.Tensor:
+    """The weight a QuantLinear's (or SparseLinear's) forward multiplies by: quantized, masked, dequantized."""
     with torch.no_grad():
-        if layer.weight_scale is not None:
-            return learned_scale_quantize(layer.weight, layer.weight_scale, layer.format.qmax)
-        return fake_quantize_ste(layer.weight, layer.format, layer.granularity)
+        return layer.compute_weight().detach()
 
 
 def dequantize_(model: nn.Module) -> list[str]:
-    """Swap, in place, every QuantLinear for a plain nn.Linear holding the weights it computes with.
+    """Swap, in place, every QuantLinear (and SparseLinear: any Linear with a ``compute_weight``) for a
+    plain nn.Linear holding the weights it computes with (quantized, 2:4 masks applied).
 
     The result is the trained low-bit model in a form any float runtime loads (a Hugging Face
     export, say): its outputs equal the quantized model's. Activation quantization has no float
@@ -127,9 +136,9 @@ def dequantize_(model: nn.Module) -> list[str]:
     """
     swapped = []
     for name, module in list(model.named_modules()):
-        if not isinstance(module, QuantLinear):
+        if not isinstance(module, nn.Linear) or not callable(getattr(module, "compute_weight", None)):
             continue
-        if module.quantize_activations:
+        if getattr(module, "quantize_activations", False):
             raise ValueError(f"{name}: int8 activation quantization has no plain-Linear form; export it as the quantized model")
         plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                           device=module.weight.device, dtype=module.weight.dtype)
@@ -137,6 +146,6 @@ def dequantize_(model: nn.Module) -> list[str]:
             plain.weight.copy_(effective_weight(module))
             if module.bias is not None:
                 plain.bias.copy_(module.bias)
-        _set_module(model, name, plain)
+        set_module(model, name, plain)
         swapped.append(name)
     return swapped

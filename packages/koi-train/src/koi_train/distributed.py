@@ -71,7 +71,9 @@ def wrap_model(model: nn.Module, cfg: DistributedConfig, info: DistInfo, device:
     if cfg.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Buffers are the same on every rank by construction (RoPE tables; 2:4 masks, computed from the same
+        # weights at the same steps), so they are not re-sent from rank 0 before every forward.
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -8,7 +8,9 @@ in ``transformers`` with no Koi installed.
 A low-bit run exports what it computes with: each quantized layer's weights as the dequantized
 values its forward used (koi-quant's `dequantize_`), so the exported float model's logits are
 the low-bit model's. Layers on fp8 matmuls keep their master weights (fp8 is their compute
-format, like bf16 autocast, not a property of the stored weight).
+format, like bf16 autocast, not a property of the stored weight). A sparse run exports its
+2:4-masked weights as plain (zero-holding) matrices, without the activation predictors: the
+exported model is the dense model the run evaluated as ``val_loss``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from koi_tokenizer import Tokenizer
 from .errors import ExportError
 from .hf_io import save_hf, save_hf_tokenizer
 from .load_model import load_trained_model, resolve_checkpoint
+from .sparsity import remove_predictors
 
 RUN_TOKENIZER = "tokenizer.json"  # in the run folder, beside config.json
 
@@ -37,6 +40,7 @@ def run_tokenizer_path(checkpoint: str) -> Path | None:
 
 def export_checkpoint(checkpoint: str, output: str, expert: int | None = None, *, log=print) -> list[Path]:
     model = load_trained_model(checkpoint, expert)
+    remove_predictors(model)
     try:
         dequantize_(model)
     except ValueError as exc:

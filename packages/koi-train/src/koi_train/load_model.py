@@ -12,6 +12,7 @@ from .config import ConfigError, load_dict
 from .mixture import expert_model_config
 from .models import build_model, resolve_sizes
 from .quantize import apply_precision_plan
+from .sparsity import apply_sparsity
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -70,6 +71,7 @@ def _model_for(config: dict, vocab: int, checkpoint: str, expert_depth: bool = F
         model_cfg = expert_model_config(model_cfg, cfg.mixture, resolve_sizes(model_cfg)["n_layer"])
     model = build_model(model_cfg)
     apply_precision_plan(model, cfg.precision)  # a low-bit run is evaluated as the low-bit model it trained
+    apply_sparsity(model, cfg.sparsity, cfg.precision)  # 2:4 masks and predictors: loaded from the checkpoint
     return model
 
 

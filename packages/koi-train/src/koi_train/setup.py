@@ -1,5 +1,5 @@
 """Build every component of a run from its config, in torchtitan's order:
-data -> model -> quantize -> remat -> compile -> optimizer."""
+data -> model -> quantize -> sparsify -> remat -> compile -> optimizer."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from .optim_in_backward import check_compatible
 from .prepare import prepare_data
 from .quantize import apply_precision_plan
 from .remat import apply_remat
+from .sparsity import SparseTraining, apply_sparsity
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RunParts:
     params: dict[str, int]
     report: list[str]
     mixture: ExpertMixture | None = None
+    sparsity: SparseTraining | None = None
 
 
 def pick_device(name: str) -> torch.device:
@@ -90,6 +92,8 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
                                rank=dist.rank, world_size=dist.world_size)
 
     report += apply_precision_plan(model, cfg.precision)
+    sparsity, sparsity_report = apply_sparsity(model, cfg.sparsity, cfg.precision)
+    report += sparsity_report
     wrapped = apply_remat(model, cfg.remat.mode)
     report.append(remat_report(cfg.remat.mode, batch=cfg.train.batch_size, seq=block_size, width=model.spec.n_embd,
                                layers=model.spec.n_layer, bytes_per_value=2 if device.type == "cuda" else 4)
@@ -132,4 +136,4 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
                   f"{sum(len(s) for s in val_shards):,} val tokens; device {device}"
                   + (f"; {cfg.distributed.strategy} over {dist.world_size} processes" if dist.active else ""))
     return RunParts(device, autocast, model, objective, optimizer, train_data,
-                    val_shards, tokenizer, block_size, params, report, mixture)
+                    val_shards, tokenizer, block_size, params, report, mixture, sparsity)

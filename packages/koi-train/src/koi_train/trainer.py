@@ -138,6 +138,8 @@ class Trainer:
             record = {"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step, **est.as_record("val")}
             if p.mixture is not None:  # every expert on the same windows, never time-bounded, so they compare
                 record.update(p.mixture.evaluate_experts(lambda fn: estimate_loss(fn, p.val_shards, **windows).loss))
+            if p.sparsity is not None:  # the same windows with only the predicted MLP neurons computed
+                record.update(p.sparsity.evaluate(lambda: estimate_loss(self.eval_model, p.val_shards, **windows).loss, est.loss))
             if ec.hellaswag:
                 result = evaluate_hellaswag(self.eval_model, self.hellaswag_examples(), block_size=p.block_size, device=p.device,
                                             limit=ec.hellaswag_limit)
@@ -202,6 +204,8 @@ class Trainer:
                 if interrupt.requested_on_any_rank(self.dist, p.device):
                     self._stop_at_boundary(metrics)
                 self.guard.before_step(self.step)
+                if p.sparsity is not None:  # 2:4 masks: dense first, then recomputed on schedule
+                    p.sparsity.before_step(self.step)
                 loss, grad_norm = self.train_step()
                 self._apply_update(self.guard.after_step(self.step, loss, grad_norm))
                 self.step += 1
@@ -218,7 +222,8 @@ class Trainer:
                         metrics.write(last_eval)
                         bounded = ", cut short by eval.max_seconds" if last_eval["val_time_bounded"] else ""
                         self.log(f"eval step {self.step}: val loss {last_eval['val_loss']:.4f} +- {last_eval['val_stderr']:.4f} "
-                                 f"({last_eval['val_windows']} windows{bounded})" + mixture_summary(last_eval))
+                                 f"({last_eval['val_windows']} windows{bounded})" + mixture_summary(last_eval)
+                                 + predictor_summary(last_eval))
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
                     self.save()
             self.guard.finish(self.step)  # the last update has no next step to judge it
@@ -242,7 +247,7 @@ class Trainer:
         if final:
             kind = "full" if not final["val_sampled"] else "sampled"
             self.log(f"final {kind} val loss {final['val_loss']:.4f} +- {final['val_stderr']:.4f} over {final['val_tokens']:,} tokens"
-                     + mixture_summary(final))
+                     + mixture_summary(final) + predictor_summary(final))
             summary["val_loss"] = final["val_loss"]
             if p.mixture is not None:  # the checkpoint then names the best expert, which export takes
                 summary["checkpoint"] = self.save()
@@ -267,3 +272,10 @@ def mixture_summary(record: dict) -> str:
     experts = ", ".join(f"{loss:.3f}" for loss in record["expert_losses"])
     return f"; experts [{experts}], best #{record['best_expert']}, ensemble {record['ensemble_loss']:.4f}"
 
+
+
+def predictor_summary(record: dict) -> str:
+    if "predictor_recall" not in record:
+        return ""
+    return (f"; predicted MLP neurons only: {record['sparse_mlp_val_loss']:.4f} ({record['sparse_mlp_loss_change']:+.4f}), "
+            f"recall {record['predictor_recall']:.3f}, {record['mlp_neurons_skipped']:.0%} of neurons skipped")

@@ -3,6 +3,7 @@
 from .errors import ConfigError
 from .load import config_to_dict, load_config, load_dict, schema, validate
 from .types import (
+    ActivationPredictorConfig,
     CheckpointConfig,
     DataConfig,
     DistributedConfig,
@@ -15,11 +16,12 @@ from .types import (
     PrepareConfig,
     RematConfig,
     RunConfig,
+    SparsityConfig,
     TrainConfig,
 )
 
 __all__ = [
-    "CheckpointConfig", "ConfigError", "DataConfig", "DistributedConfig", "EvalConfig", "InstabilityConfig", "MixtureConfig",
-    "ModelConfig", "OptimizerConfig", "PrecisionConfig", "PrepareConfig", "RematConfig", "RunConfig",
+    "ActivationPredictorConfig", "CheckpointConfig", "ConfigError", "DataConfig", "DistributedConfig", "EvalConfig", "InstabilityConfig",
+    "MixtureConfig", "ModelConfig", "OptimizerConfig", "PrecisionConfig", "PrepareConfig", "RematConfig", "RunConfig", "SparsityConfig",
     "TrainConfig", "config_to_dict", "load_config", "load_dict", "schema", "validate",
 ]

@@ -138,6 +138,23 @@ class MixtureConfig:
 
 
 @dataclass(frozen=True)
+class ActivationPredictorConfig:
+    enabled: bool = False
+    keep_fraction: float = 0.25
+    rank: int = 64
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    plan: dict[str, str] = field(default_factory=dict)
+    dense_steps: int = 0
+    recompute_every: int = 100
+    decay: float = 0.0
+    kernel: str = "auto"
+    activation_predictor: ActivationPredictorConfig = field(default_factory=ActivationPredictorConfig)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
@@ -153,3 +170,4 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
