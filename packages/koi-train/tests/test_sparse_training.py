@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -106,7 +108,7 @@ def test_sparse_run_trains_resumes_bitwise_and_exports(prepared, tmp_path):
 
     def interrupt_at_step_12(message):  # between mask updates (at 9 and 14): the resumed run must use the saved masks
         if message.startswith("step     12/"):
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the trainer stops and saves at the next step boundary
 
     with pytest.raises(KeyboardInterrupt):
         Trainer(load_dict(raw), tmp_path / "b", log=interrupt_at_step_12).fit()
