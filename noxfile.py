@@ -22,9 +22,6 @@ from koi_data import DataError, data_root  # noqa: E402
 
 nox.options.sessions = ["lint", "schema", "tests"]  # `gpu` runs only when asked for
 nox.options.default_venv_backend = "venv"
-# Each package's venv installs its own torch: skipping pip's byte-compilation of its thousands of
-# files saves most of a minute per venv (Python compiles what the tests import, on first import).
-os.environ.setdefault("PIP_NO_COMPILE", "1")
 
 PACKAGES = {
     "koi-tokenizer": [],
