@@ -2,7 +2,7 @@
 # One lent-GPU session in one script: install what the machine lacks, then run the named stages,
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
-# Stages: setup, parity, retest, tests, smoke, speed, quality, sparsity. Offline machines need the wheels in .carry/whl
+# Stages: setup, parity, tests, smoke, speed, quality, sparsity. Offline machines need the wheels in .carry/whl
 # (jsonschema and friends, hatchling and editables, nox) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,15 +24,8 @@ stage_setup() {
 }
 
 stage_parity() {
-  [ -f .carry/probe/ste_probe.py ] && timeout 200 python3 .carry/probe/ste_probe.py 2>&1 | tee "$logs/ste_probe.log"
+  timeout 200 python3 bench/probes/ste_autograd_function_probe.py 2>&1 | tee "$logs/ste_probe.log"
   timeout 300 python3 bench/compile_parity.py --steps 40 --layers 2 --formats int8,int4,ternary,binary 2>&1 | tee "$logs/parity.log"
-}
-
-stage_retest() {  # the tests that failed on the card last time, and the new CUDA-only ones
-  timeout 400 python3 -m pytest -q -rf -p no:cacheprovider --timeout 240 packages/koi-kernels/tests/test_fp8_linear.py \
-    packages/koi-kernels/tests/test_linear_ce.py packages/koi-kernels/tests/test_packed_matmul.py \
-    packages/koi-quant/tests/test_training.py packages/koi-train/tests/test_distributed.py packages/koi-train/tests/test_trainer.py \
-    2>&1 | tee "$logs/retest.log" | tail -15
 }
 
 stage_tests() {

@@ -20,9 +20,9 @@ def apply_precision_plan(model: nn.Module, cfg: PrecisionConfig) -> list[str]:
                              learnable_scales=cfg.learnable_scales)
     except ValueError as exc:
         raise ConfigError("", "precision.plan", str(exc)) from None
-    if any(head in names and cfg.plan[pattern] not in FLOAT_FORMATS for pattern, names in swapped.items()):
-        pattern = next(p for p, names in swapped.items() if head in names)
-        raise ConfigError("", f"precision.plan.{pattern}", f"matches the output head {head!r}, which the fused loss multiplies "
+    quantized_head = [pattern for pattern, names in swapped.items() if head in names and cfg.plan[pattern] not in FLOAT_FORMATS]
+    if quantized_head:
+        raise ConfigError("", f"precision.plan.{quantized_head[0]}", f"matches the output head {head!r}, which the fused loss multiplies "
                           "in bf16 (it shares the embedding); expected patterns for the blocks only, e.g. transformer.h.*")
     fp8_layers = swap_in_fp8_matmuls(model, cfg.fp8_scaling) if cfg.fp8_matmul else 0
     scales = f"{cfg.tile[0]}x{cfg.tile[1]} tiles" if cfg.tile else f"groups of {cfg.group_size}" if cfg.group_size else "rows"
