@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..versions import CONFIG_FORMAT
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -139,6 +141,7 @@ class MixtureConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    format_version: int = CONFIG_FORMAT
     name: str = "run"
     out_dir: str = "runs"
     seed: int = 1337
