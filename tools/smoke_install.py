@@ -26,10 +26,11 @@ DECLARED = {  # what each package may find installed; everything else must be ab
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40
 
 
-def run(*args: str, cwd: Path) -> str:
-    done = subprocess.run(list(args), capture_output=True, text=True, cwd=cwd)
+def run(command: str, *args: str, cwd: Path) -> str:
+    """Run one of the venv's console scripts, as a user who activated it would."""
+    done = subprocess.run([str(Path(sys.executable).parent / command), *args], capture_output=True, text=True, cwd=cwd)
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        raise SystemExit(f"{command} {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     return done.stdout
 
 
