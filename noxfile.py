@@ -130,3 +130,84 @@ def wheel(session: nox.Session, package: str) -> None:
     """Build a package's wheel (what a release would upload)."""
     session.install("-c", "constraints/tools.txt", "build")
     session.run("python", "-m", "build", "--wheel", "--outdir", "dist", f"packages/{package}")
+
+
+@nox.session(venv_backend="none")
+def boundaries(session: nox.Session) -> None:
+    """Imports go one way: no back-import between packages (lazy ones too), no file cycle, declared koi deps match.
+
+    Reads the sources with `ast` in nox's own interpreter (no venv, nothing installed), in about a second.
+    The allowed graph lives in tools/check_imports.py; it must agree with PACKAGES here.
+    """
+    sys.path.insert(0, "tools")
+    from check_imports import ALLOWED
+
+    if {name: tuple(deps) for name, deps in PACKAGES.items()} != ALLOWED:
+        session.error("noxfile PACKAGES and tools/check_imports.py ALLOWED disagree on which koi package may import which")
+    session.run(sys.executable, "tools/check_imports.py", "packages")
+
+
+nox.options.sessions.append("boundaries")  # fast, so CI's default run has it
+
+
+def _closure(package: str) -> list[str]:
+    """The koi packages ``package`` needs installed, dependencies first."""
+    seen: list[str] = []
+    for dep in PACKAGES[package]:
+        for name in [*_closure(dep), dep]:
+            if name not in seen:
+                seen.append(name)
+    return seen
+
+
+@nox.session
+@nox.parametrize("package", list(PACKAGES))
+def release(session: nox.Session, package: str) -> None:
+    """Build one package's sdist and wheel, check them, install each alone in a clean venv and use it.
+
+    `python3 -m nox -s "release(package='koi-quant')"` leaves dist/koi-quant/ ready to upload and prints
+    the tag (koi-quant-v0.1.0). Not in the default sessions: twine may come from PyPI. Sibling koi
+    packages are built into a local wheelhouse (as their own releases would be); everything else is
+    installed from the index, torch pinned to the CPU build where there is no GPU.
+    """
+    session.install("-c", "constraints/tools.txt", "build", "twine>=5")
+    out = Path("dist") / package
+    shutil.rmtree(out, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(out), f"packages/{package}")  # the wheel is built from the sdist
+    archives = sorted(str(p) for p in out.iterdir())
+    session.run("twine", "check", "--strict", *archives)
+    session.run("python", "tools/release_check.py", package, str(out))
+    wheelhouse = Path(session.create_tmp()) / "wheelhouse"
+    shutil.rmtree(wheelhouse, ignore_errors=True)
+    for dep in _closure(package):
+        session.run("python", "-m", "build", "--wheel", "--outdir", str(wheelhouse), f"packages/{dep}", silent=True)
+    version = next(p.name for p in out.glob("*.whl")).split("-")[1]
+    for archive in (next(out.glob("*.whl")), next(out.glob("*.tar.gz"))):
+        venv = Path(session.create_tmp()) / f"clean-{archive.suffix.strip('.')}"
+        shutil.rmtree(venv, ignore_errors=True)
+        session.run("python", "-m", "venv", str(venv))
+        python = str(venv / "bin" / "python")
+        session.run(python, "-m", "pip", "install", "-q", *constraint_args(), "--find-links", str(wheelhouse), str(archive),
+                    external=True)
+        session.run(python, "tools/smoke_install.py", package, version, external=True, env=test_env())
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy over every package's sources (not in the default sessions: it installs all five packages and torch)."""
+    editable = [arg for name in PACKAGES for arg in ("-e", f"packages/{name}")]
+    session.install(*constraint_args(), *editable, "mypy>=1.10")
+    session.run("mypy", *[f"packages/{name}/src" for name in PACKAGES], *session.posargs)
+
+
+@nox.session
+def floor(session: nox.Session) -> None:
+    """The test suites against the oldest torch the packages declare (2.6), not the one CI pins.
+
+    Not in the default sessions: PyPI's torch 2.6 wheel for Linux is the CUDA build (several GB with its
+    nvidia-* dependencies); point pip at a CPU index (PIP_INDEX_URL) where one is reachable.
+    """
+    siblings = [arg for name in PACKAGES for arg in ("-e", f"packages/{name}[test]")]
+    session.install("torch==2.6.*", "triton<3.3", *siblings)
+    for name in PACKAGES:
+        session.run("pytest", "-q", "-p", "no:cacheprovider", f"packages/{name}/tests", *session.posargs, env=test_env())

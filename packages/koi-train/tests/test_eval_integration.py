@@ -1,4 +1,8 @@
-"""koi-eval on Koi models: perplexity of an exported checkpoint, KV-cache generation, HellaSwag in training."""
+"""koi-eval on Koi models: perplexity of an exported checkpoint, KV-cache generation, HellaSwag in training.
+
+koi-eval loads exported (Hugging Face) folders with its own forward passes; Koi checkpoints go
+through `koi-train eval`, which hands koi-train's loader to koi-eval's command line.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,9 @@ import torch.nn.functional as F
 from conftest import tiny_config
 from plain_gpt2 import PlainGPT2
 
-from koi_eval import Example, generate, write_eval_bin
+from koi_eval import Example, generate, load_hf_folder, write_eval_bin
 from koi_tokenizer import read_shard
-from koi_train import Trainer, load_dict
+from koi_train import Trainer, load_dict, save_hf
 from koi_train.config import ModelConfig
 from koi_train.models import build_model
 
@@ -31,6 +35,10 @@ def trained_run(prepared, tmp_path_factory):
 
 def _koi_eval(*args, cwd):
     return subprocess.run([sys.executable, "-m", "koi_eval.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def _koi_train_eval(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "koi_train", "eval", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_perplexity_of_exported_checkpoint_equals_plain_torch(trained_run, prepared):
@@ -83,7 +91,24 @@ def test_hellaswag_in_training_and_cli(trained_run, prepared, tmp_path):
     evals = [r for r in evals if r["kind"] == "eval"]
     assert len(evals) == 2 and all(r["hellaswag_examples"] == 5 and 0 <= r["hellaswag_acc"] <= 1 for r in evals)
     root, _ = trained_run
-    result = _koi_eval("hellaswag", "-m", str(root / "run"), str(path), "--device", "cpu", cwd=root)
-    assert result.returncode == 0 and "hellaswag_acc_norm" in result.stdout
-    bad = _koi_eval("hellaswag", "-m", str(root / "run"), str(tmp_path / "missing.jsonl"), "--device", "cpu", cwd=root)
-    assert bad.returncode == 2 and "--tokenizer is required" in bad.stderr
+    result = _koi_train_eval("hellaswag", "-m", str(root / "run"), str(path), "--device", "cpu", cwd=root)
+    assert result.returncode == 0 and "hellaswag_acc_norm" in result.stdout, result.stderr
+    bad = _koi_train_eval("hellaswag", "-m", str(root / "run"), str(tmp_path / "missing.jsonl"), "--device", "cpu", cwd=root)
+    assert bad.returncode == 2 and bad.stderr.startswith("koi-train eval hellaswag: ") and "--tokenizer is required" in bad.stderr
+    not_hf = _koi_eval("hellaswag", "-m", str(root / "run"), str(path), "--device", "cpu", cwd=root)
+    assert not_hf.returncode == 2 and "koi-train eval" in not_hf.stderr
+
+
+@pytest.mark.parametrize("model_cfg", [
+    ModelConfig(arch="gpt2", preset="gpt2-tiny", block_size=48),
+    ModelConfig(arch="llama", preset="llama-tiny", block_size=48, n_kv_head=2, rope_theta=500.0),
+    ModelConfig(arch="llama", preset="llama-tiny", block_size=48, qk_norm=True, tie_embeddings=True),
+], ids=["gpt2", "llama-gqa", "llama-qk-norm-tied"])
+def test_koi_eval_reads_exports_without_koi_train(model_cfg, tmp_path):
+    """An exported Koi model scores the same through koi-eval's own forward pass as in koi-train."""
+    torch.manual_seed(0)
+    model = build_model(model_cfg, tokenizer_vocab=300).eval()
+    save_hf(model, tmp_path)
+    ids = torch.randint(0, 300, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(load_hf_folder(tmp_path)(ids), model(ids), atol=2e-5, rtol=2e-4)

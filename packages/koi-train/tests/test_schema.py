@@ -16,6 +16,16 @@ from koi_train.config.load import config_to_dict
 REPO = Path(__file__).resolve().parents[3]
 
 
+PACKAGED = REPO / "packages" / "koi-train" / "src" / "koi_train" / "config" / "run-config.schema.json"
+
+
+def test_packaged_schema_is_a_byte_copy_of_schemas():
+    """The wheel and sdist need a real file (a symlink out of the package breaks `python -m build`); it must not drift."""
+    assert not PACKAGED.is_symlink(), f"{PACKAGED} must be a file, not a symlink"
+    assert PACKAGED.read_bytes() == (REPO / "schemas" / "run-config.schema.json").read_bytes(), (
+        f"{PACKAGED} differs from schemas/run-config.schema.json; copy it: cp schemas/run-config.schema.json {PACKAGED.relative_to(REPO)}")
+
+
 def test_schema_file_is_the_packaged_one_and_valid():
     on_disk = json.loads((REPO / "schemas" / "run-config.schema.json").read_text())
     assert on_disk == schema()

@@ -4,6 +4,8 @@
     y, h = rms_norm(x, weight, residual=r)   # Triton on CUDA, torch reference elsewhere
 """
 
+from importlib import metadata
+
 from .dispatch import kernel_mode, use_triton
 from .ops.adamw import FusedAdamW
 from .ops.adamw8bit import AdamW8bit
@@ -18,7 +20,10 @@ from .ops.packed_matmul_reference import packed_linear_reference
 from .ops.rope import rope
 from .ops.rope_reference import rope_reference, rope_tables
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("koi-kernels")  # the one place it is written is pyproject.toml
+except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = [
     "AdamW8bit", "Fp8Linear", "FusedAdamW", "adamw_reference", "fp8_linear", "kernel_mode", "layer_norm", "layer_norm_reference",
     "linear_cross_entropy", "linear_cross_entropy_reference", "packed_linear", "packed_linear_reference",

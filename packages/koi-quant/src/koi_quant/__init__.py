@@ -6,6 +6,8 @@
     print(memory_table(model))
 """
 
+from importlib import metadata
+
 from .activation_sparsity import LowRankPredictor, gathered_mlp, predictor_loss, recall, top_mask, train_alongside
 from .formats import FLOAT_FORMATS, FORMATS, NF4_LEVELS, QuantFormat, format_bytes_per_param, get_format
 from .granularity import PER_ROW, PER_TENSOR, Granularity, per_group, per_tile
@@ -17,7 +19,10 @@ from .report import memory_table
 from .sparsity import MaskSchedule, SparseLinear, SparseQuantLinear, nm_mask, sparse_layers, sparsify_, update_masks_
 from .ste import fake_quantize_ste, quantize_activations_int8
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("koi-quant")  # the one place it is written is pyproject.toml
+except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = [
     "FLOAT_FORMATS", "FORMATS", "Granularity", "LowRankPredictor", "MaskSchedule", "NF4_LEVELS", "PER_ROW", "PER_TENSOR",
     "QuantFormat", "QuantLinear", "QuantizedTensor", "SparseLinear", "SparseQuantLinear", "dequantize_", "effective_weight",

@@ -5,6 +5,8 @@
     ids = tok.encode("Hello world"); text = tok.decode(ids)
 """
 
+from importlib import metadata
+
 from .atomic import atomic_write_bytes
 from .errors import DisallowedSpecialTokenError, ShardError, TokenizerFileError
 from .reference import ReferenceBPE
@@ -14,7 +16,10 @@ from .sources import expand_inputs, is_url, read_text, split_documents
 from .tokenizer import EOT_TOKEN, Tokenizer
 from .training import train_bpe
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("koi-tokenizer")  # the one place it is written is pyproject.toml
+except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = [
     "EOT_TOKEN",
     "DisallowedSpecialTokenError",

@@ -2,7 +2,11 @@
 
 A checkpoint is one ``step_XXXXXXXX.pt`` file holding plain tensors, numbers and strings, loaded
 with ``weights_only=True`` so opening a file from elsewhere cannot run code. Local files go
-through temp file + fsync + rename; fsspec URLs are written to a temp name and moved.
+through temp file + fsync + rename; fsspec URLs are written to a temp name and moved. Each file
+records its layout's `format_version`; loading migrates an older one (`versions.py`).
+
+File helpers (`atomic_write_bytes`, `is_url`) come from koi-tokenizer's public API: koi-train
+depends on it anyway, and one owner for atomic writes keeps shards and checkpoints written alike.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from koi_tokenizer import atomic_write_bytes, is_url
 
 from .errors import CheckpointError
+from .versions import CHECKPOINT_FORMAT, FORMAT_KEY, migrate_checkpoint
 
 STEP_FILE = re.compile(r"step_(\d{8})(\.pt)?$")  # a file, or a folder of DCP shards
 
@@ -46,7 +51,7 @@ def list_checkpoints(directory: str) -> list[tuple[int, str]]:
 
 def save_checkpoint(directory: str, step: int, state: dict[str, Any], *, keep_last: int) -> str:
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save({**state, FORMAT_KEY: CHECKPOINT_FORMAT}, buffer)
     path = checkpoint_path(directory, step)
     if is_url(path):
         fs = _fs(path)
@@ -85,7 +90,10 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         raise CheckpointError(path, "file", "not found") from None
     except Exception as exc:  # a truncated or foreign file fails in many ways; all mean "not a checkpoint"
         raise CheckpointError(path, "contents", f"expected a Koi checkpoint, could not read it ({type(exc).__name__}: {exc})") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if not isinstance(state, dict):
+        raise CheckpointError(path, "contents", f"expected a Koi checkpoint (a dict), got {type(state).__name__}")
+    state = migrate_checkpoint(state, lambda field, problem: CheckpointError(path, field, problem))
+    missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(path, missing[0], "expected this key in the checkpoint, it is missing")
     return state

@@ -124,6 +124,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval_command import main as eval_main
+
+    return eval_main(args.eval_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="koi-train", description="Train language models on little GPU memory.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,10 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output folder")
     p.add_argument("--expert", type=int, metavar="N", help="mixture runs: which expert (default: the best at the last eval)")
     p.set_defaults(run=cmd_export)
+    p = sub.add_parser("eval", add_help=False, help="koi-eval's perplexity, hellaswag and generate on a run or checkpoint")
+    p.add_argument("eval_args", nargs=argparse.REMAINDER, help="e.g. perplexity -m runs/my-run val.bin (see koi-train eval --help)")
+    p.set_defaults(run=cmd_eval)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"]:  # the rest is koi-eval's command line, `--help` included, which argparse would take
+        return cmd_eval(argparse.Namespace(eval_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("run", "resume"):  # from here on Ctrl-C waits for a step boundary (see interrupt.py)

@@ -33,11 +33,9 @@ def load_trained_model(path: str, expert: int | None = None) -> nn.Module:
     expert's depth, so what is exported is exactly what was evaluated as that expert."""
     checkpoint = resolve_checkpoint(path)
     if Path(checkpoint).is_dir():  # DCP shards written under FSDP
-        import torch
+        from .sharded_checkpoint import load_sharded, read_extra
 
-        from .sharded_checkpoint import EXTRA_FILE, load_sharded
-
-        extra = torch.load(Path(checkpoint) / EXTRA_FILE, map_location="cpu", weights_only=True)
+        extra = read_extra(checkpoint)
         model = _model_for(extra["config"], _vocab_from_dcp(checkpoint), checkpoint)
         load_sharded(checkpoint, model)
         return model

@@ -12,6 +12,7 @@ from torch import nn
 from koi_kernels import AdamW8bit, FusedAdamW
 
 from .config import OptimizerConfig
+from .optimizer_set import OptimizerSet
 
 
 def newton_schulz_orthogonalize(grad: torch.Tensor, steps: int) -> torch.Tensor:
@@ -79,36 +80,6 @@ class Lion(torch.optim.Optimizer):
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"])
                 m.mul_(beta2).add_(p.grad, alpha=1 - beta2)
-
-
-class OptimizerSet:
-    """Several optimizers stepped, zeroed, scheduled and checkpointed as one."""
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
-        self.optimizers = optimizers
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group.setdefault("base_lr", group["lr"])
-
-    def set_lr_multiplier(self, multiplier: float) -> None:
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * multiplier
-
-    def step(self) -> None:
-        for opt in self.optimizers:
-            opt.step()
-
-    def zero_grad(self) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> list[dict]:
-        return [opt.state_dict() for opt in self.optimizers]
-
-    def load_state_dict(self, states: list[dict]) -> None:
-        for opt, state in zip(self.optimizers, states, strict=True):
-            opt.load_state_dict(state)
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:

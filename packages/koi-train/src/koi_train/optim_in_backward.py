@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, RunConfig
-from .optim import OptimizerSet
+from .optimizer_set import OptimizerSet
 
 
 def check_compatible(cfg: RunConfig) -> None:

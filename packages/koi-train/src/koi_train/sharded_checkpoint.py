@@ -27,6 +27,7 @@ from koi_tokenizer import atomic_write_bytes
 from .checkpoint import prune_checkpoints
 from .distributed import DistInfo, barrier
 from .errors import CheckpointError
+from .versions import CHECKPOINT_FORMAT, FORMAT_KEY, migrate_checkpoint
 
 EXTRA_FILE = "koi_state.pt"
 
@@ -49,7 +50,7 @@ def save_sharded(directory: str, step: int, model: nn.Module, optimizers: list[t
     dcp.save(_state(model, optimizers), checkpoint_id=str(tmp))
     if info.is_main:
         buffer = io.BytesIO()
-        torch.save(extra, buffer)
+        torch.save({**extra, FORMAT_KEY: CHECKPOINT_FORMAT}, buffer)
         atomic_write_bytes(tmp / EXTRA_FILE, buffer.getvalue())
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -72,4 +73,10 @@ def load_sharded(path: str, model: nn.Module, optimizers: list[torch.optim.Optim
     set_model_state_dict(model, state["model"])
     for i, opt in enumerate(optimizers or []):
         set_optimizer_state_dict(model, opt, state[f"optimizer_{i}"])
-    return torch.load(extra_path, map_location="cpu", weights_only=True)
+    return read_extra(path)
+
+
+def read_extra(path: str) -> dict[str, Any]:
+    """The non-tensor state of a sharded checkpoint (step, data, RNG, config), migrated to today's format."""
+    extra = torch.load(Path(path) / EXTRA_FILE, map_location="cpu", weights_only=True)
+    return migrate_checkpoint(extra, lambda field, problem: CheckpointError(Path(path) / EXTRA_FILE, field, problem))

@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from ..dispatch import use_triton
-
-BLOCK = 256
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max
+from .fp8_formats import E4M3 as FP8
+from .fp8_formats import E4M3_MAX as FP8_MAX
+from .fp8_formats import MOMENT_BLOCK as BLOCK
 
 
 def _encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .adamw8bit import BLOCK, FP8_MAX
+from .fp8_formats import E4M3_MAX as FP8_MAX
+from .fp8_formats import MOMENT_BLOCK as BLOCK
 
 
 @triton.jit

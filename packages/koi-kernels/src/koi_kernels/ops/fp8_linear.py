@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..dispatch import use_triton
-
-E4M3 = torch.float8_e4m3fn
+from .fp8_formats import E4M3, TILE
 
 
 def to_fp8(t: torch.Tensor, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +50,6 @@ def scaled_matmul(a: torch.Tensor, a_scale: torch.Tensor, b_rows: torch.Tensor, 
                             out_dtype=torch.bfloat16)
 
 
-TILE = 128
 SCALINGS = ("row", "tile")
 
 

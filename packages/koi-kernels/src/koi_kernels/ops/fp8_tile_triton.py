@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fp8_linear import TILE
+from .fp8_formats import TILE
 
 
 @triton.jit

@@ -18,6 +18,7 @@ from typing import Any
 
 import jsonschema
 
+from ..versions import migrate_config
 from .errors import ConfigError
 from .types import RunConfig
 
@@ -135,6 +136,8 @@ def load_dict(raw: Any, *, source: str = "", overrides: typing.Sequence[str] = (
         if not isinstance(raw, dict):
             raise ConfigError(source, "", f"expected object, got {json.dumps(raw)}")
         raw = apply_overrides(raw, overrides)
+    if isinstance(raw, dict):  # an older layout is upgraded before it is checked against today's schema
+        raw = migrate_config(raw, lambda field, problem: ConfigError(source, field, problem))
     validate(raw, source)
     return _build(RunConfig, raw)
 

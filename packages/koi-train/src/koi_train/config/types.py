@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..versions import CONFIG_FORMAT
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -156,6 +158,7 @@ class SparsityConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    format_version: int = CONFIG_FORMAT
     name: str = "run"
     out_dir: str = "runs"
     seed: int = 1337
