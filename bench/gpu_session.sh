@@ -42,9 +42,10 @@ stage_speed() {
     --side koi-fp8-tile --side koi-int4 --side koi-ternary 2>&1 | tee "$logs/speed.log"
 }
 
-stage_quality() {  # recipe Q per format and seed (issue 19); about 5 runs at a time on one card
+stage_quality() {  # recipe Q per format and seed (issue 19); about 5 runs at a time per card, over KOI_GPUS
   timeout "${KOI_QUALITY_TIMEOUT:-580}" python3 bench/recipe_q.py --formats "${KOI_FORMATS:-bf16,int8,int4,ternary,binary}" \
-    --seeds "${KOI_SEEDS:-1}" --optimizer "${KOI_OPTIMIZER:-muon}" 2>&1 | tee "$logs/recipe_q.log"
+    --seeds "${KOI_SEEDS:-1}" --optimizer "${KOI_OPTIMIZER:-muon}" --model "${KOI_MODEL:-gpt2}" --gpus "${KOI_GPUS:-0}" \
+    2>&1 | tee -a "$logs/recipe_q.log"
 }
 
 stage_sparsity() {  # issue 27: 2:4 matmuls, gathered MLPs, whole steps with sparse sides (about 6 minutes)

@@ -39,11 +39,18 @@ OPTIMIZERS = {  # recipe Q's AdamW, and the Muon row of TARGETS.md (Muon 0.02 on
 }
 
 
-def config(name: str, fmt: str, seed: int, optimizer: str, steps: int, shards: Path, out: Path) -> dict:
-    plan = {"transformer.h.*": fmt} if fmt != "bf16" else {}
+MODELS = {  # GPT-2 124M as in recipe Q, and a candidate for Koi's best recipe at the same size (~124M parameters)
+    "gpt2": {"arch": "gpt2", "preset": "gpt2-124M"},
+    "llama": {"arch": "llama", "preset": "llama-124M", "n_kv_head": 12, "qk_norm": True, "tie_embeddings": True},
+}
+BLOCK_PATTERN = {"gpt2": "transformer.h.*", "llama": "model.layers.*"}
+
+
+def config(name: str, fmt: str, seed: int, optimizer: str, steps: int, shards: Path, out: Path, model: str = "gpt2") -> dict:
+    plan = {BLOCK_PATTERN[model]: fmt} if fmt != "bf16" else {}
     return {
         "name": name, "out_dir": str(out), "seed": seed,
-        "model": {"arch": "gpt2", "preset": "gpt2-124M"},
+        "model": MODELS[model],
         "data": {"train": [str(shards / "train" / "*_train_*.bin")], "val": [str(shards / "pydocs-val.txt" / "*_train_*.bin")]},
         "train": {"steps": steps, "batch_size": 16, "lr": 6e-4, "warmup_steps": steps // 10, "schedule": "cosine",
                   "min_lr_ratio": 0.1, "grad_clip": 1.0, "device": "cuda", "compile": True, "log_every": 50},
@@ -106,37 +113,43 @@ def main() -> None:
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw")
     parser.add_argument("--steps", type=int, default=700)
-    parser.add_argument("--parallel", type=int, default=5, help="runs sharing the card at once")
+    parser.add_argument("--parallel", type=int, default=5, help="runs sharing each card at once")
+    parser.add_argument("--gpus", default="0", help="cards to spread runs over, e.g. 2,3")
+    parser.add_argument("--model", choices=list(MODELS), default="gpt2")
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", REPO / "bench" / "results"))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="koi-recipe-q-"))
     shards = prepare(work)
-    print(f"recipe Q: {args.steps} steps of 16x1024, optimizer {args.optimizer}, data {shared_data()}", flush=True)
+    print(f"recipe Q: {args.model}, {args.steps} steps of 16x1024, optimizer {args.optimizer}, data {shared_data()}", flush=True)
+    gpus = args.gpus.split(",")
     queue = [(fmt, int(seed)) for seed in args.seeds.split(",") for fmt in args.formats.split(",")]
-    running: list[tuple[str, int, subprocess.Popen, Path]] = []
+    running: list[tuple[str, int, subprocess.Popen, Path, str]] = []
     rows = []
     while queue or running:
-        while queue and len(running) < args.parallel:
+        while queue and len(running) < args.parallel * len(gpus):
             fmt, seed = queue.pop(0)
-            name = f"{fmt}-{args.optimizer}-s{seed}"
+            name = f"{args.model}-{fmt}-{args.optimizer}-s{seed}"
             path = work / f"{name}.json"
-            path.write_text(json.dumps(config(name, fmt, seed, args.optimizer, args.steps, shards, work)))
+            path.write_text(json.dumps(config(name, fmt, seed, args.optimizer, args.steps, shards, work, args.model)))
             log = (work / f"{name}.log").open("w")
-            proc = subprocess.Popen([sys.executable, "-m", "koi_train", "run", str(path)], stdout=log, stderr=subprocess.STDOUT)
-            running.append((fmt, seed, proc, work / name))
+            busy = [entry[4] for entry in running]
+            gpu = min(gpus, key=busy.count)  # the card with the fewest runs
+            proc = subprocess.Popen([sys.executable, "-m", "koi_train", "run", str(path)], stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
+            running.append((fmt, seed, proc, work / name, gpu))
         for entry in list(running):
-            fmt, seed, proc, run_dir = entry
+            fmt, seed, proc, run_dir, _ = entry
             if proc.poll() is None:
                 continue
             running.remove(entry)
-            row = {"format": fmt, "seed": seed, "optimizer": args.optimizer, "steps": args.steps}
+            row = {"model": args.model, "format": fmt, "seed": seed, "optimizer": args.optimizer, "steps": args.steps}
             try:
                 if proc.returncode != 0:
                     raise RuntimeError(f"koi-train run exited {proc.returncode}; log {run_dir}.log")
                 row.update({f: val_loss(run_dir, shards / f) for f in VAL_FILES})
                 rows.append(row)
-                print(f"{fmt:<10} seed {seed}: " + "  ".join(f"{f} {row[f]:.4f}" for f in VAL_FILES), flush=True)
+                print(f"{args.model:<6}{fmt:<10} seed {seed}: " + "  ".join(f"{f} {row[f]:.4f}" for f in VAL_FILES), flush=True)
             except Exception as exc:  # a failed run is reported; the others go on
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
                 print(f"{fmt:<10} seed {seed}: FAILED {row['error']}", flush=True)

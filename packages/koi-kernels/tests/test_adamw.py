@@ -105,3 +105,42 @@ def test_8bit_kernel_matches_its_torch_reference(shape, dtype, device):
         b = states[1][f"{moment}_codes"].cpu().view(torch.int8).int()
         assert (a - b).abs().max() <= 1
         assert (a != b).float().mean() < 0.05
+
+
+def test_8bit_bf16_weights_round_stochastically_to_a_neighbour(device):
+    """bf16 weights under 8-bit AdamW keep small updates (stochastic rounding), kernel and torch form alike."""
+    from koi_kernels import AdamW8bit
+    from koi_kernels.ops.adamw8bit import _encode, adamw8bit_reference
+
+    g = torch.Generator().manual_seed(3)
+    start = torch.randn(4096, generator=g)
+    grad = torch.randn(4096, generator=g)
+    p = torch.nn.Parameter(start.to(device, torch.bfloat16))
+    opt = AdamW8bit([p], lr=1e-3, weight_decay=0.0, seed=5)
+    p.grad = grad.to(device, torch.bfloat16)
+    opt.step()
+    exact = start.to(torch.bfloat16).float().clone()
+    zeros = torch.zeros(4096)
+    state = dict(zip(("m_codes", "m_scale"), _encode(zeros))) | dict(zip(("v_codes", "v_scale"), _encode(zeros)))
+    adamw8bit_reference(exact, grad.to(torch.bfloat16).float(), state, step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                        weight_decay=0.0)
+    got = p.detach().float().cpu()
+    toward_zero = stochastic_round_bf16(exact, torch.zeros(4096, dtype=torch.int32)).float()
+    away = stochastic_round_bf16(exact, torch.full((4096,), 0xFFFF, dtype=torch.int32)).float()
+    assert bool(((got == toward_zero) | (got == away)).all())
+    assert 0.05 < float((got == away).float().mean()) < 0.95  # round-to-nearest would give one fixed direction
+
+
+def test_8bit_bf16_weights_keep_updates_smaller_than_half_a_bf16_step(monkeypatch):
+    """An update of 1/8 of a bf16 step, 64 times: round-to-nearest loses all of it, stochastic rounding keeps it.
+    (The torch form, for speed under the interpreter; the kernel is held to it by the neighbour test.)"""
+    from koi_kernels import AdamW8bit
+
+    monkeypatch.setenv("KOI_KERNELS", "torch")
+    p = torch.nn.Parameter(torch.ones(8192, dtype=torch.bfloat16))
+    opt = AdamW8bit([p], lr=2**-10, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0)  # each step moves p by exactly lr
+    for _ in range(64):
+        p.grad = -torch.ones_like(p)
+        opt.step()
+    moved = float(p.detach().float().mean()) - 1.0
+    assert abs(moved - 64 * 2**-10) < 0.01  # 0.0625 expected; nearest rounding would leave 0.0

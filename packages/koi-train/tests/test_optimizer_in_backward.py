@@ -65,6 +65,56 @@ def test_bf16_weights_keep_stochastic_rounding_when_stepped_in_backward(prepared
     params = list(trainer.parts.model.parameters())
     assert all(p.dtype == torch.bfloat16 for p in params)
     assert sum(not torch.equal(a, b) for a, b in zip(before, params)) == len(params)  # every parameter moved
-    raw["optimizer"] = {"weights": "bf16", "name": "adamw8bit"}
-    with pytest.raises(ConfigError, match="optimizer.weights: bf16 weights need optimizer.name adamw"):
+    raw["optimizer"] = {"weights": "bf16", "name": "lion"}
+    with pytest.raises(ConfigError, match="optimizer.weights: bf16 weights need optimizer.name adamw or adamw8bit"):
         Trainer(load_dict(raw), tmp_path / "other", log=lambda *_: None)
+
+
+def test_bf16_weights_with_8bit_states_stepped_in_backward(prepared, tmp_path):
+    """The low-memory recipe: bf16 weights, 8-bit moments, no gradients kept; it learns."""
+    from koi_kernels import AdamW8bit
+
+    raw = tiny_config(prepared, tmp_path, train={"optimizer_in_backward": True, "grad_clip": 0, "steps": 30},
+                      optimizer={"weights": "bf16", "name": "adamw8bit"}, instability={"action": "rollback"})
+    trainer = Trainer(load_dict(raw), tmp_path / "run", log=lambda *_: None)
+    assert all(isinstance(opt, AdamW8bit) for opt in trainer.parts.optimizer.optimizers)
+    trainer.fit()
+    assert all(p.dtype == torch.bfloat16 for p in trainer.parts.model.parameters())
+    state = trainer.parts.optimizer.optimizers[0].state[trainer.parts.optimizer.params[0]]
+    assert state["m_codes"].element_size() == 1
+    losses = _losses(tmp_path / "run")
+    assert losses[-1] < losses[0] - 0.4, losses
+
+
+def test_block_compiled_model_steps_each_block_before_the_next_backward():
+    """Compiled per block, a block's parameters are stepped (and their gradients freed) while the
+    backward is still on its way down: the step in backward then saves memory under compile too."""
+    from koi_train.config import ModelConfig
+    from koi_train.models import build_model
+    from koi_train.objective import NextTokenLoss
+    from koi_train.optim_in_backward import BackwardOptimizer
+    from koi_train.regional_compile import compile_blocks
+    from koi_train.remat import apply_remat
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="gpt2", preset="gpt2-tiny", n_layer=3))
+    apply_remat(model, "full")
+    assert compile_blocks(model, backend="aot_eager") == 3
+    events: list[str] = []
+    optimizer = BackwardOptimizer(model, lambda p: torch.optim.SGD([p], lr=0.1))
+    block_params = {id(p): i for i, block in enumerate(model.blocks) for p in block.parameters()}
+    for p in optimizer.params:
+        if id(p) in block_params:
+            p.register_post_accumulate_grad_hook(lambda _, i=block_params[id(p)]: events.append(f"stepped block {i}"))
+
+    def mark_block_0_input(module, args, output) -> None:  # its gradient arrives once every block's backward is done
+        output.register_hook(lambda grad: events.append("block 0 input"))
+
+    model.transformer.drop.register_forward_hook(mark_block_0_input)
+    tokens = torch.randint(0, 256, (2, 33))
+    NextTokenLoss(model)(tokens[:, :-1], tokens[:, 1:]).backward()
+    steps = [int(e.rsplit(" ", 1)[1]) for e in events if e.startswith("stepped")]
+    assert steps == sorted(steps, reverse=True)  # block 2's backward ends, its step runs, then block 1's...
+    last_block_1 = len(events) - 1 - events[::-1].index("stepped block 1")
+    assert last_block_1 < events.index("block 0 input")  # ...all before the gradient leaves block 0
+    assert all(p.grad is None for p in optimizer.params)  # every gradient freed in its hook

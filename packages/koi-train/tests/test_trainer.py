@@ -101,7 +101,7 @@ def test_bf16_weights_with_stochastic_rounding(prepared, tmp_path):
     losses = _losses(tmp_path / "bf16")
     assert losses[-1] < losses[0] - 0.4
     raw = tiny_config(prepared, tmp_path, optimizer={"weights": "bf16", "name": "lion"})
-    with pytest.raises(ConfigError, match="optimizer.weights: bf16 weights need optimizer.name adamw"):
+    with pytest.raises(ConfigError, match="optimizer.weights: bf16 weights need optimizer.name adamw or adamw8bit"):
         _train(raw, tmp_path / "bad")
 
 

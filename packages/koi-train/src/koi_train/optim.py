@@ -91,23 +91,24 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, device: t
                     in_backward: bool = False) -> OptimizerSet:
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.type == "cuda"
-    if cfg.weights == "bf16" and cfg.name != "adamw":
-        # Only Koi's fused AdamW rounds bf16 weights stochastically; any other step would round to
-        # nearest and lose updates smaller than half a bf16 step.
-        raise ValueError(f"optimizer.weights: bf16 weights need optimizer.name adamw (stochastic rounding), got {cfg.name!r}")
+    if cfg.weights == "bf16" and cfg.name not in ("adamw", "adamw8bit"):
+        # Only Koi's fused AdamW and 8-bit AdamW round bf16 weights stochastically; any other step
+        # would round to nearest and lose updates smaller than half a bf16 step.
+        raise ValueError("optimizer.weights: bf16 weights need optimizer.name adamw or adamw8bit (stochastic rounding), "
+                         f"got {cfg.name!r}")
     if in_backward:
         from .optim_in_backward import BackwardOptimizer
 
         if cfg.name not in ("adamw", "adamw8bit"):
             raise ValueError(f"optimizer.name: train.optimizer_in_backward supports adamw and adamw8bit, got {cfg.name!r}")
-        if cfg.weights == "bf16":
+        if cfg.weights == "bf16" and cfg.name == "adamw":
             kind, extra = FusedAdamW, {}
         else:
             kind = AdamW8bit if cfg.name == "adamw8bit" else torch.optim.AdamW
             extra = {"fused": fused} if kind is torch.optim.AdamW else {}
         return BackwardOptimizer(model, lambda p: kind([p], lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
                                                        **extra))
-    if cfg.weights == "bf16":
+    if cfg.weights == "bf16" and cfg.name == "adamw":
         return OptimizerSet([FusedAdamW(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])
     if cfg.name == "adamw8bit":
         return OptimizerSet([AdamW8bit(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])

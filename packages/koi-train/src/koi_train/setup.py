@@ -24,6 +24,7 @@ from .optim import OptimizerSet, build_optimizer
 from .optim_in_backward import check_compatible
 from .prepare import prepare_data
 from .quantize import apply_precision_plan
+from .regional_compile import compile_blocks
 from .remat import apply_remat
 from .sparsity import SparseTraining, apply_sparsity
 
@@ -107,7 +108,12 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
         raise ConfigError("", "optimizer.name", "muon needs whole matrices; use ddp, or adamw/lion with fsdp")
     objective = NextTokenLoss(model)
     compiled = cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda")
-    if compiled:
+    if compiled and cfg.train.optimizer_in_backward:
+        # A whole-objective graph hands back all gradients at once: the in-backward step would save nothing.
+        compiled = False
+        report.append(f"compile: on, per block ({compile_blocks(model)} blocks; train.optimizer_in_backward frees each "
+                      "block's gradients as its backward ends); the first steps compile and take a minute")
+    elif compiled:
         report.append("compile: on (train.compile); the first steps compile the objective and take a minute")
     if cfg.distributed.strategy == "fsdp":  # shard first, then compile the sharded blocks
         objective = wrap_model(objective, cfg.distributed, dist, device, autocast)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dispatch import use_triton
+from .adamw_reference import stochastic_round_bf16
 from .fp8_formats import E4M3 as FP8
 from .fp8_formats import E4M3_MAX as FP8_MAX
 from .fp8_formats import MOMENT_BLOCK as BLOCK
@@ -32,8 +33,10 @@ def _decode(codes: torch.Tensor, scale: torch.Tensor, like: torch.Tensor) -> tor
 
 
 class AdamW8bit(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01,
+                 seed: int = 0) -> None:
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.seed = seed  # bf16 parameters are written with stochastic rounding drawn from it
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for s in self.state.values() for t in s.values() if torch.is_tensor(t) and t.ndim)
@@ -42,7 +45,7 @@ class AdamW8bit(torch.optim.Optimizer):
     def step(self, closure=None):
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
+            for index, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
                 state = self.state[p]
@@ -51,23 +54,31 @@ class AdamW8bit(torch.optim.Optimizer):
                     state["m_codes"], state["m_scale"] = _encode(torch.zeros_like(p, dtype=torch.float32))
                     state["v_codes"], state["v_scale"] = _encode(torch.zeros_like(p, dtype=torch.float32))
                 state["step"] += 1
-                options = dict(step=int(state["step"]), lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                step = int(state["step"])
+                seed = (self.seed * 1_000_003 + step * 7_919 + index) % (2**31 - 1)
+                options = dict(step=step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                                weight_decay=group["weight_decay"])
                 if use_triton(p) and p.is_contiguous():
                     from .adamw8bit_triton import adamw8bit_step
 
-                    adamw8bit_step(p, p.grad.contiguous(), state, **options)
+                    adamw8bit_step(p, p.grad.contiguous(), state, seed=seed, **options)
                 else:
-                    adamw8bit_reference(p, p.grad, state, **options)
+                    noise = None
+                    if p.dtype == torch.bfloat16:
+                        gen = torch.Generator(device=p.device).manual_seed(seed)
+                        noise = torch.randint(0, 2**16, p.shape, generator=gen, device=p.device)
+                    adamw8bit_reference(p, p.grad, state, noise=noise, **options)
 
 
 def adamw8bit_reference(p: torch.Tensor, grad: torch.Tensor, state: dict, *, step: int, lr: float, beta1: float, beta2: float,
-                        eps: float, weight_decay: float) -> None:
-    """One 8-bit AdamW step in torch ops: decode the moments, update, re-encode."""
+                        eps: float, weight_decay: float, noise: torch.Tensor | None = None) -> None:
+    """One 8-bit AdamW step in torch ops: decode the moments, update, re-encode; a bf16 ``p`` given
+    ``noise`` (uniform integers below 2**16) is written with stochastic rounding."""
     g = grad.float()
     m = _decode(state["m_codes"], state["m_scale"], p).mul_(beta1).add_(g, alpha=1 - beta1)
     v = _decode(state["v_codes"], state["v_scale"], p).square_().mul_(beta2).addcmul_(g, g, value=1 - beta2)
     update = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + eps)
-    p.copy_((p.float() * (1 - lr * weight_decay) - lr * update).to(p.dtype))
+    updated = p.float() * (1 - lr * weight_decay) - lr * update
+    p.copy_(stochastic_round_bf16(updated, noise) if noise is not None and p.dtype == torch.bfloat16 else updated.to(p.dtype))
     state["m_codes"], state["m_scale"] = _encode(m)
     state["v_codes"], state["v_scale"] = _encode(v.sqrt())

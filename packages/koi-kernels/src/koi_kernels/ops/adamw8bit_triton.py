@@ -28,7 +28,7 @@ def _round_to_e4m3(x):
 
 @triton.jit
 def _adamw8bit_block(P, G, M_CODES, M_SCALE, V_CODES, V_SCALE, numel, lr, beta1, beta2, eps, decay, correction1,
-                     correction2, FP8_MAX: tl.constexpr, BLOCK: tl.constexpr):
+                     correction2, seed, FP8_MAX: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
     block = tl.program_id(0)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     inside = offs < numel
@@ -39,7 +39,11 @@ def _adamw8bit_block(P, G, M_CODES, M_SCALE, V_CODES, V_SCALE, numel, lr, beta1,
     m = beta1 * m + (1.0 - beta1) * g
     v = beta2 * root_v * root_v + (1.0 - beta2) * g * g
     update = (m / correction1) / (tl.sqrt(v / correction2) + eps)
-    tl.store(P + offs, (p * (1.0 - lr * decay) - lr * update).to(P.dtype.element_ty), mask=inside)
+    p = p * (1.0 - lr * decay) - lr * update
+    if STOCHASTIC:  # bf16 weights: round up with probability equal to the dropped fraction (no fp32 master copy)
+        noise = (tl.randint(seed, offs.to(tl.int32)) & 0xFFFF).to(tl.int32)
+        p = ((p.to(tl.int32, bitcast=True) + noise) & -65536).to(tl.float32, bitcast=True)
+    tl.store(P + offs, p.to(P.dtype.element_ty), mask=inside)
     m = tl.where(inside, m, 0.0)
     root_v = tl.where(inside, tl.sqrt(v), 0.0)
     m_scale = tl.maximum(tl.max(tl.abs(m), axis=0) / FP8_MAX, 1e-30)
@@ -51,10 +55,11 @@ def _adamw8bit_block(P, G, M_CODES, M_SCALE, V_CODES, V_SCALE, numel, lr, beta1,
 
 
 def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, *, step: int, lr: float, beta1: float, beta2: float,
-                   eps: float, weight_decay: float) -> None:
-    """In-place update of ``p`` and of the state's ``m_codes/m_scale/v_codes/v_scale`` (see `adamw8bit`)."""
+                   eps: float, weight_decay: float, seed: int = 0) -> None:
+    """In-place update of ``p`` and of the state's ``m_codes/m_scale/v_codes/v_scale`` (see `adamw8bit`);
+    a bf16 ``p`` is written with stochastic rounding drawn from ``seed``."""
     assert p.is_contiguous() and grad.is_contiguous(), "8-bit AdamW wants contiguous parameters and gradients"
     blocks = state["m_scale"].numel()
     _adamw8bit_block[(blocks,)](p, grad, state["m_codes"], state["m_scale"], state["v_codes"], state["v_scale"], p.numel(),
-                                lr, beta1, beta2, eps, weight_decay, 1 - beta1**step, 1 - beta2**step,
-                                FP8_MAX=FP8_MAX, BLOCK=BLOCK)
+                                lr, beta1, beta2, eps, weight_decay, 1 - beta1**step, 1 - beta2**step, seed,
+                                FP8_MAX=FP8_MAX, STOCHASTIC=p.dtype == torch.bfloat16, BLOCK=BLOCK)
