@@ -48,7 +48,13 @@ KOI_SIDES = {
     "koi-fp8-tile": {"precision": {"plan": {BLOCKS: "fp8"}, "fp8_matmul": True, "fp8_scaling": "tile"}},
     "koi-int4": {"precision": {"plan": {BLOCKS: "int4"}}},
     "koi-ternary": {"precision": {"plan": {BLOCKS: "ternary"}}},
-    "koi-lowmem": {"optimizer": {"name": "adamw8bit"}, "train": {"optimizer_in_backward": True, "grad_clip": 0.0}},
+    # issue 21's levers: bf16 weights (stochastic rounding), 8-bit moments, the step in backward (no gradients kept), remat
+    "koi-lowmem": {"optimizer": {"name": "adamw8bit", "weights": "bf16"}, "train": {"optimizer_in_backward": True, "grad_clip": 0.0},
+                   "remat": {"mode": "full"}},
+    "koi-lowmem-noremat": {"optimizer": {"name": "adamw8bit", "weights": "bf16"},
+                           "train": {"optimizer_in_backward": True, "grad_clip": 0.0}},
+    "koi-8bit-bf16w-remat": {"optimizer": {"name": "adamw8bit", "weights": "bf16"}, "remat": {"mode": "full"}},
+    "koi-8bit-remat": {"optimizer": {"name": "adamw8bit"}, "remat": {"mode": "full"}},
     # issue 27 (bench/sparsity.py): 2:4 MLPs from step 0 on the sparse kernels / masked dense, with int8, and MLP predictors
     "koi-sparse24": {"sparsity": {"plan": {MLPS: "2:4"}}},
     "koi-sparse24-masked": {"sparsity": {"plan": {MLPS: "2:4"}, "kernel": "masked"}},
@@ -94,7 +100,8 @@ def run_koi(case: str, side: str, steps: int, work: Path) -> dict:
     if code != 0 or not timed:
         raise RuntimeError(" | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-400:])
     row = timed[0]
-    return {"tokens_per_s": row["tokens_per_s"], "peak_gib": row.get("peak_memory_gib"), "loss": row["loss"]}
+    estimate = next((r["total_gib"] for r in records if r.get("kind") == "memory_estimate"), None)
+    return {"tokens_per_s": row["tokens_per_s"], "peak_gib": row.get("peak_memory_gib"), "loss": row["loss"], "estimate_gib": estimate}
 
 
 def run_reference(case: str, remat: bool, steps: int) -> dict:
@@ -155,7 +162,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="koi-throughput-"))
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, data {shared_data()}, "
           f"{args.steps} warm-up + {args.steps} timed steps per side", flush=True)
-    print(f"{'case':<13}{'side':<16}{'tok/s':>11}{'MFU':>7}{'peak GiB':>10}{'loss':>8}{'vs ref':>8}", flush=True)
+    print(f"{'case':<13}{'side':<22}{'tok/s':>11}{'MFU':>7}{'peak GiB':>10}{'estimate':>10}{'loss':>8}{'vs ref':>8}", flush=True)
     for case in args.case or ["124M"]:
         layers, width, _, _, seq = CASES[case]
         params = 12 * layers * width * width + 50304 * width + seq * width
@@ -171,14 +178,15 @@ def main() -> None:
             with (out / "train_throughput.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
             if "error" in row:
-                print(f"{case:<13}{side:<16} FAILED: {row['error']}", flush=True)
+                print(f"{case:<13}{side:<22} FAILED: {row['error']}", flush=True)
                 continue
             if side.startswith("reference") and reference is None:
                 reference = row["tokens_per_s"]
             mfu = f"{row['tokens_per_s'] * flops / peak:.2f}" if peak else "-"
             ratio = f"{row['tokens_per_s'] / reference:.2f}x" if reference else "-"
-            print(f"{case:<13}{side:<16}{row['tokens_per_s']:>11,.0f}{mfu:>7}{row['peak_gib']:>10.1f}{row['loss']:>8.3f}{ratio:>8}",
-                  flush=True)
+            estimate = f"{row['estimate_gib']:.2f}" if row.get("estimate_gib") else "-"
+            print(f"{case:<13}{side:<22}{row['tokens_per_s']:>11,.0f}{mfu:>7}{row['peak_gib']:>10.2f}{estimate:>10}{row['loss']:>8.3f}"
+                  f"{ratio:>8}", flush=True)
 
 
 if __name__ == "__main__":

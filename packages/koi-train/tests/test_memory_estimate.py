@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from koi_train.memory_estimate import activation_bytes, remat_report
 
 
@@ -15,3 +17,46 @@ def test_modes_save_memory_in_order():
 def test_report_names_mode_and_saving():
     line = remat_report("full", batch=8, seq=1024, width=1600, layers=48, bytes_per_value=2)
     assert line.startswith("remat full: activations about") and "saves 9" in line
+
+
+def test_run_estimate_counts_what_the_optimizers_really_hold():
+    """Weights and optimizer state of the estimate are the bytes the tensors really take after a step."""
+    import torch
+
+    from koi_kernels import AdamW8bit
+    from koi_train.config import ModelConfig
+    from koi_train.memory_estimate import estimate_run_memory
+    from koi_train.models import build_model
+
+    model = build_model(ModelConfig(arch="gpt2", preset="gpt2-tiny"))
+    params = list(model.parameters())
+    for name, optimizer in (("adamw", torch.optim.AdamW(params)), ("adamw8bit", AdamW8bit(params))):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        held = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.ndim)
+        estimate = estimate_run_memory(model, optimizer=name, in_backward=False, remat="none", batch=2, seq=128, compute_bytes=4)
+        assert abs(estimate.optimizer - held) <= 0.01 * held, name
+        assert estimate.weights == sum(p.numel() * 4 for p in params) == estimate.gradients
+    stepped_in_backward = estimate_run_memory(model, optimizer="adamw8bit", in_backward=True, remat="full", batch=2, seq=128,
+                                              compute_bytes=4)
+    assert stepped_in_backward.gradients == sum(p.numel() * 4 for p in model.blocks[0].parameters())
+    assert stepped_in_backward.activations < estimate.activations
+    assert stepped_in_backward.line().startswith(f"memory: about {stepped_in_backward.total / 2**30:.2f} GiB peak")
+
+
+def test_a_run_reports_and_records_its_estimate(prepared, tmp_path):
+    import json
+
+    from conftest import tiny_config
+
+    from koi_train import Trainer, load_dict
+
+    lines: list[str] = []
+    trainer = Trainer(load_dict(tiny_config(prepared, tmp_path, train={"steps": 2})), tmp_path / "run", log=lines.append)
+    trainer.fit()
+    assert any(line.startswith("memory: about") for line in lines)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    estimate = next(r for r in records if r["kind"] == "memory_estimate")
+    parts = ("weights", "gradients", "optimizer", "activations", "loss")
+    assert estimate["total_gib"] == pytest.approx(sum(estimate[f"{k}_gib"] for k in parts))

@@ -1,4 +1,5 @@
-"""A start-of-run estimate of activation memory per remat mode, so the choice is an informed one.
+"""Start-of-run memory estimates: activations per remat mode (so the choice is an informed one),
+and the whole step's peak by part (so a run that will not fit says so before it starts).
 
 Counts the tensors a pre-norm transformer block keeps for backward, in units of B*T*C elements
 (flash attention keeps no T x T scores; the fused loss keeps no B*T*V logits):
@@ -8,6 +9,10 @@ and recomputes one block's worth during backward (after Korthikanti et al., 2022
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
 
 KEPT_PER_LAYER = {"none": 16, "ffn": 8, "selective": 4, "full": 1}
 RECOMPUTED_PEAK = {"none": 0, "ffn": 10, "selective": 16, "full": 16}
@@ -25,3 +30,59 @@ def remat_report(mode: str, *, batch: int, seq: int, width: int, layers: int, by
     table = ", ".join(f"{m} {b / 2**30:.2f}" for m, b in sizes.items())
     saved = 1 - sizes[mode] / sizes["none"]
     return f"remat {mode}: activations about {sizes[mode] / 2**30:.2f} GiB (estimate; GiB per mode: {table}; saves {saved:.0%})"
+
+
+OPTIMIZER_STATE_BYTES = {  # bytes of optimizer state per parameter
+    "adamw": 8.0,  # m and v in fp32 (Koi's bf16-weight AdamW keeps them fp32 too)
+    "adamw8bit": 2.0 + 2 * 4 / 256,  # fp8 m and sqrt(v), one fp32 scale per 256 values each
+    "lion": 4.0,  # one momentum in fp32
+}
+LOSS_CHUNK_LOGITS = 128 * 2**20  # the fused linear-CE's largest chunk of logits (koi_kernels.linear_cross_entropy)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of each part of a step's peak device memory (what torch.cuda.max_memory_allocated counts)."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    loss: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.loss
+
+    def line(self) -> str:
+        parts = ", ".join(f"{name} {getattr(self, name) / 2**30:.2f}" for name in
+                          ("weights", "gradients", "optimizer", "activations", "loss"))
+        return f"memory: about {self.total / 2**30:.2f} GiB peak (estimate, GiB: {parts})"
+
+
+def estimate_run_memory(model: nn.Module, *, optimizer: str, muon_matrices: int = 0, in_backward: bool, remat: str,
+                        batch: int, seq: int, compute_bytes: int) -> MemoryEstimate:
+    """A step's peak, from the parts that scale: weights, gradients, optimizer state, kept activations, loss.
+
+    Gradients live in the parameters' dtype; stepped in backward, only one block's exist at once.
+    Muon keeps one fp32 momentum for its matrices and AdamW state for the rest. The fused loss
+    keeps dhidden and an fp32 dW from its forward, plus one chunk of logits while it runs.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    weight_bytes = sum(p.numel() * p.element_size() for p in params)
+    if in_backward:
+        gradient_bytes = max(sum(p.numel() * p.element_size() for p in block.parameters()) for block in model.blocks)
+    else:
+        gradient_bytes = weight_bytes
+    count = sum(p.numel() for p in params)
+    if optimizer == "muon":
+        state_bytes = muon_matrices * 4 + (count - muon_matrices) * OPTIMIZER_STATE_BYTES["adamw"]
+    else:
+        state_bytes = count * OPTIMIZER_STATE_BYTES.get(optimizer, OPTIMIZER_STATE_BYTES["adamw"])
+    spec = model.spec
+    activations = activation_bytes(remat, batch=batch, seq=seq, width=spec.n_embd, layers=spec.n_layer,
+                                   bytes_per_value=compute_bytes)
+    rows = batch * seq
+    chunk = min(rows * spec.vocab_size, max(spec.vocab_size, LOSS_CHUNK_LOGITS // spec.vocab_size * spec.vocab_size))
+    loss = rows * spec.n_embd * compute_bytes + spec.vocab_size * spec.n_embd * 4 + chunk * compute_bytes
+    return MemoryEstimate(weight_bytes, gradient_bytes, int(state_bytes), activations, loss)

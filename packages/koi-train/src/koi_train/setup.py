@@ -16,11 +16,11 @@ from koi_tokenizer import Tokenizer
 from .config import ConfigError, RunConfig
 from .data import RandomWindows, open_shards
 from .distributed import DistInfo, device_for, wrap_model
-from .memory_estimate import remat_report
+from .memory_estimate import MemoryEstimate, estimate_run_memory, remat_report
 from .mixture import ExpertMixture, expert_model_config
 from .models import build_model, count_parameters, resolve_sizes
 from .objective import NextTokenLoss
-from .optim import OptimizerSet, build_optimizer
+from .optim import OptimizerSet, build_optimizer, hidden_matrices
 from .optim_in_backward import check_compatible
 from .prepare import prepare_data
 from .quantize import apply_precision_plan
@@ -44,6 +44,7 @@ class RunParts:
     report: list[str]
     mixture: ExpertMixture | None = None
     sparsity: SparseTraining | None = None
+    memory: MemoryEstimate | None = None  # the start-of-run estimate of peak device memory
 
 
 def pick_device(name: str) -> torch.device:
@@ -128,6 +129,13 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     except ValueError as exc:
         field, _, problem = str(exc).partition(": ")
         raise ConfigError("", field, problem) from None
+    memory = None
+    if cfg.distributed.strategy != "fsdp" and cfg.mixture.experts <= 1:  # sharded or part-trained models need their own sums
+        matrices = sum(p.numel() for p in hidden_matrices(model)) if cfg.optimizer.name == "muon" else 0
+        memory = estimate_run_memory(model, optimizer=cfg.optimizer.name, muon_matrices=matrices,
+                                     in_backward=cfg.train.optimizer_in_backward, remat=cfg.remat.mode,
+                                     batch=cfg.train.batch_size, seq=block_size, compute_bytes=2 if device.type == "cuda" else 4)
+        report.append(memory.line())
     params = count_parameters(model)
     mixture = None
     if cfg.mixture.experts > 1:
@@ -142,4 +150,4 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
                   f"{sum(len(s) for s in val_shards):,} val tokens; device {device}"
                   + (f"; {cfg.distributed.strategy} over {dist.world_size} processes" if dist.active else ""))
     return RunParts(device, autocast, model, objective, optimizer, train_data,
-                    val_shards, tokenizer, block_size, params, report, mixture, sparsity)
+                    val_shards, tokenizer, block_size, params, report, mixture, sparsity, memory)

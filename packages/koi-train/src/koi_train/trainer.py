@@ -196,6 +196,9 @@ class Trainer:
                                     p.device, start_step=self.step, world_size=self.dist.world_size)
         for line in p.report:
             self.log(line)
+        if p.memory is not None and self.step == 0:  # beside the measured peak of the train records
+            metrics.write({"kind": "memory_estimate", "step": 0, "total_gib": p.memory.total / 2**30,
+                           **{f"{k}_gib": v / 2**30 for k, v in vars(p.memory).items()}})
         p.model.train()
         self.guard.begin(metrics, self.step)
         interrupt = DeferredInterrupt().__enter__()  # Ctrl-C waits for a step boundary (see interrupt.py)
