@@ -158,3 +158,29 @@ def test_lr_cut_skips_then_lowers_the_rate_for_k_steps(prepared, tmp_path):
     assert math.isclose(lrs[28], peak * lr_multiplier(27, trainer.cfg.train), rel_tol=1e-9)
     rebases = _records(tmp_path / "cut", "instability_rebase")
     assert [(r["step"], r["reason"]) for r in rebases] == [(26, "lr_jump")]  # the LR doubling back is a planned change
+
+
+def test_snapshot_buffers_are_pinned_ahead_and_reused_by_later_captures():
+    """Pinning host memory inside a step would stall it: the buffers come from a background thread, then get reused."""
+    from koi_train.optimizer_set import OptimizerSet
+    from koi_train.snapshots import SnapshotStore
+
+    model = torch.nn.Linear(8, 8)
+    optimizer = OptimizerSet([torch.optim.AdamW(model.parameters())])
+    store = SnapshotStore(model, optimizer, every=1)
+    store.capture(0)
+    store.promote()
+    store.warm_up()
+    assert store._allocator is None  # no optimizer state yet: nothing to size the buffers by
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    store.warm_up()
+    store._allocator.join()
+    buffers = {id(t) for spare in store._spares for part in (spare.model, *spare.optimizer) for t in part.values()}
+    assert len(store._spares) == 3 and len(buffers) == 3 * (2 + 2 * 3)  # weight, bias; step, exp_avg, exp_avg_sq each
+    for step in range(1, 6):
+        snap = store.capture(step)
+        store.promote()
+        held = [snap.model[n] for n in snap.model] + [t for s in snap.optimizer for t in s.values() if torch.is_tensor(t)]
+        assert all(id(t) in buffers for t in held), step  # no allocation in the step
+        torch.testing.assert_close(snap.model["weight"], model.weight.detach())

@@ -85,7 +85,8 @@ def semi_structured_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     from torch.sparse import to_sparse_semi_structured
 
     with torch.autocast("cuda", enabled=False):  # the caller cast both operands to the compute dtype already
-        return F.linear(x.contiguous(), to_sparse_semi_structured(weight.contiguous()))
+        # the sparse kernels hand back a column-major product; the op promises a row-major one (its fake says so)
+        return F.linear(x.contiguous(), to_sparse_semi_structured(weight.contiguous())).contiguous()
 
 
 @semi_structured_matmul.register_fake

@@ -84,6 +84,7 @@ class InstabilityGuard:
             anomaly = Anomaly("nonfinite_params", math.nan, math.nan)
         anomaly = anomaly or self.detector.check(loss, grad_norm)
         if anomaly is None:
+            self.snapshots.warm_up()  # from the first step with optimizer state on: pins snapshot buffers off the step
             self.detector.accept(loss, grad_norm)
             self._reference = (self._data_before_step, loss)
             self.snapshots.promote()

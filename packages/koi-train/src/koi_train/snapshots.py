@@ -9,11 +9,14 @@ and at most one pending one, so three host copies of the model and its optimizer
 Cost on a GPU: one device-to-host copy of weights and optimizer state per snapshot, into pinned
 buffers reused from snapshot to snapshot (asynchronous, so no host sync), plus a NaN/Inf test of
 every tensor whose result is read only after the trainer's own sync at the end of the step.
+Pinning host memory is slow (about a second per GB), so the three buffer sets are allocated by a
+background thread once the optimizer state exists, not inside a training step.
 Restoring copies back in place, so DDP, the optimizers and the mixture keep their references.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -35,9 +38,24 @@ def _host_copy(t: torch.Tensor, reuse: torch.Tensor | None) -> torch.Tensor:
     return reuse.copy_(t, non_blocking=True)
 
 
+NON_FINITE_BITS = {torch.float8_e4m3fn: 0x7F, torch.float8_e5m2: 0x7C}  # exponent (and mantissa) bits set: NaN or inf
+
+
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    """isfinite for every float dtype; fp8 (8-bit optimizer moments) has no isfinite kernel, so read its bits."""
+    bits = NON_FINITE_BITS.get(t.dtype)
+    if bits is None:
+        return torch.isfinite(t).all()
+    return ((t.view(torch.uint8) & bits) != bits).all()
+
+
+def _pinned_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+
+
 def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     """A device bool: every floating-point element of ``tensors`` is finite (no host sync)."""
-    flags = [torch.isfinite(_local(t)).all() for t in tensors if t.is_floating_point() and t.numel()]
+    flags = [_finite(_local(t)) for t in tensors if t.is_floating_point() and t.numel()]
     return torch.stack(flags).all() if flags else torch.tensor(True)
 
 
@@ -65,7 +83,32 @@ class SnapshotStore:
         self.model, self.optimizer, self.every, self.keep = model, optimizer, every, keep
         self.good: list[Snapshot] = []  # oldest first
         self.pending: Snapshot | None = None
-        self._spare: Snapshot | None = None  # buffers of a dropped snapshot, reused by the next capture
+        self._spares: list[Snapshot] = []  # buffer sets of dropped (or pre-allocated) snapshots, reused by captures
+        self._lock = threading.Lock()
+        self._allocator: threading.Thread | None = None
+
+    def warm_up(self) -> None:
+        """Start pinning the host buffers of every snapshot to come, in the background (once optimizer state exists)."""
+        if self._allocator is not None or self.every <= 0 or not any(opt.state for opt in self.optimizer.optimizers):
+            return
+        state = {name: _local(t) for name, t in self.model.state_dict().items()}
+        optimizer = [{k: _local(v) for k, v in (opt.state.get(p) or {}).items() if torch.is_tensor(v)}
+                     for opt, p in _optimizer_states(self.optimizer)]
+        sets = self.keep + 1  # the good ones and a pending one
+
+        def allocate() -> None:
+            for _ in range(sets):
+                spare = Snapshot(-1, model={n: _pinned_like(t) for n, t in state.items()},
+                                 optimizer=[{k: _pinned_like(v) for k, v in s.items()} for s in optimizer])
+                with self._lock:
+                    self._spares.append(spare)
+
+        self._allocator = threading.Thread(target=allocate, name="koi-snapshot-buffers", daemon=True)
+        self._allocator.start()
+
+    def _take_spare(self) -> Snapshot | None:
+        with self._lock:
+            return self._spares.pop() if self._spares else None
 
     def due(self, step: int) -> bool:
         """A snapshot is due every `every` steps after the last good one, or at once when there is none."""
@@ -75,7 +118,7 @@ class SnapshotStore:
         """Copy weights and optimizer state to host memory as the pending snapshot; ``extra`` is kept as is."""
         if self.pending is not None:
             self._drop(self.pending)
-        old, self._spare = self._spare, None
+        old = self._take_spare()
         snap = Snapshot(step, extra=extra or {})
         state = self.model.state_dict()
         snap.model = {name: _host_copy(t, old.model.get(name) if old else None) for name, t in state.items()}
@@ -118,7 +161,11 @@ class SnapshotStore:
         self.good, self.pending = [], None
 
     def _drop(self, snap: Snapshot) -> None:
-        self._spare = snap
+        if self._allocator is not None and not any(snap.optimizer):
+            return  # taken before the optimizer state existed: the pre-allocated full sets replace it
+        with self._lock:
+            self._spares.append(snap)
+            del self._spares[: -(self.keep + 1)]  # never more host copies than captures can use
 
     @torch.no_grad()
     def restore(self, snap: Snapshot) -> None:
