@@ -60,3 +60,13 @@ def test_a_run_reports_and_records_its_estimate(prepared, tmp_path):
     estimate = next(r for r in records if r["kind"] == "memory_estimate")
     parts = ("weights", "gradients", "optimizer", "activations", "loss")
     assert estimate["total_gib"] == pytest.approx(sum(estimate[f"{k}_gib"] for k in parts))
+
+
+def test_fp32_weights_keep_the_residual_stream_in_fp32():
+    """Under autocast the LN inputs stay in the weights' dtype: 2 of a block's 16 kept values are 4 bytes wide."""
+    btc = 32 * 1024 * 768
+    assert activation_bytes("none", batch=32, seq=1024, width=768, layers=12, bytes_per_value=2, residual_bytes=4) == \
+        12 * (2 * 4 + 14 * 2) * btc
+    # full remat keeps one residual-stream tensor per layer, plus one block's worth while it is recomputed
+    assert activation_bytes("full", batch=32, seq=1024, width=768, layers=12, bytes_per_value=2, residual_bytes=4) == \
+        (12 * 4 + 2 * 4 + 14 * 2) * btc

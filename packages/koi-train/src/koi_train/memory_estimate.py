@@ -5,7 +5,11 @@ Counts the tensors a pre-norm transformer block keeps for backward, in units of 
 (flash attention keeps no T x T scores; the fused loss keeps no B*T*V logits):
 attention half: LN input, LN output, q, k, v, attention output = 6; MLP half: LN input, LN output,
 up-projection output (4C), activation output (4C) = 10. Remat keeps only module inputs instead
-and recomputes one block's worth during backward (after Korthikanti et al., 2022).
+and recomputes one block's worth during backward (after Korthikanti et al., 2022). The LN inputs
+are the residual stream, which under autocast keeps the weights' dtype (fp32 unless
+optimizer.weights is bf16); everything else is in the autocast dtype. Checked on an H200 against
+torch.cuda.max_memory_allocated: GPT-2 124M (no remat, fp32 weights), 1558M (full remat) and
+1558M with bf16 weights, 8-bit states stepped in backward all land within 8% (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -14,19 +18,24 @@ from dataclasses import dataclass
 
 from torch import nn
 
-KEPT_PER_LAYER = {"none": 16, "ffn": 8, "selective": 4, "full": 1}
-RECOMPUTED_PEAK = {"none": 0, "ffn": 10, "selective": 16, "full": 16}
+# (residual-stream units, compute units) per layer: kept for backward, and one block's recompute
+KEPT_PER_LAYER = {"none": (2, 14), "ffn": (2, 5), "selective": (2, 0), "full": (1, 0)}
+RECOMPUTED_PEAK = {"none": (0, 0), "ffn": (1, 10), "selective": (2, 14), "full": (2, 14)}
 
 
-def activation_bytes(mode: str, *, batch: int, seq: int, width: int, layers: int, bytes_per_value: int = 2) -> int:
+def activation_bytes(mode: str, *, batch: int, seq: int, width: int, layers: int, bytes_per_value: int = 2,
+                     residual_bytes: int | None = None) -> int:
     """Activation bytes held at the start of backward (plus the one block being recomputed)."""
-    units = KEPT_PER_LAYER[mode] * layers + RECOMPUTED_PEAK[mode]
-    return units * batch * seq * width * bytes_per_value
+    residual_bytes = bytes_per_value if residual_bytes is None else residual_bytes
+    (kept_r, kept_c), (peak_r, peak_c) = KEPT_PER_LAYER[mode], RECOMPUTED_PEAK[mode]
+    per_value = (kept_r * layers + peak_r) * residual_bytes + (kept_c * layers + peak_c) * bytes_per_value
+    return per_value * batch * seq * width
 
 
-def remat_report(mode: str, *, batch: int, seq: int, width: int, layers: int, bytes_per_value: int) -> str:
-    sizes = {m: activation_bytes(m, batch=batch, seq=seq, width=width, layers=layers, bytes_per_value=bytes_per_value)
-             for m in KEPT_PER_LAYER}
+def remat_report(mode: str, *, batch: int, seq: int, width: int, layers: int, bytes_per_value: int,
+                 residual_bytes: int | None = None) -> str:
+    sizes = {m: activation_bytes(m, batch=batch, seq=seq, width=width, layers=layers, bytes_per_value=bytes_per_value,
+                                 residual_bytes=residual_bytes) for m in KEPT_PER_LAYER}
     table = ", ".join(f"{m} {b / 2**30:.2f}" for m, b in sizes.items())
     saved = 1 - sizes[mode] / sizes["none"]
     return f"remat {mode}: activations about {sizes[mode] / 2**30:.2f} GiB (estimate; GiB per mode: {table}; saves {saved:.0%})"
@@ -81,7 +90,7 @@ def estimate_run_memory(model: nn.Module, *, optimizer: str, muon_matrices: int 
         state_bytes = count * OPTIMIZER_STATE_BYTES.get(optimizer, OPTIMIZER_STATE_BYTES["adamw"])
     spec = model.spec
     activations = activation_bytes(remat, batch=batch, seq=seq, width=spec.n_embd, layers=spec.n_layer,
-                                   bytes_per_value=compute_bytes)
+                                   bytes_per_value=compute_bytes, residual_bytes=max(compute_bytes, params[0].element_size()))
     rows = batch * seq
     chunk = min(rows * spec.vocab_size, max(spec.vocab_size, LOSS_CHUNK_LOGITS // spec.vocab_size * spec.vocab_size))
     loss = rows * spec.n_embd * compute_bytes + spec.vocab_size * spec.n_embd * 4 + chunk * compute_bytes
