@@ -195,3 +195,36 @@ def test_dequantize_gives_plain_linears_with_the_same_outputs(learnable):
         other = Tiny()
         quantize_(other, {"mlp.*": "int4"}, quantize_activations=True)
         dequantize_(other)
+
+
+def test_a_kernel_factory_runs_the_formats_it_names_with_their_settings():
+    """quantize_ picks layers and settings; a kernel factory (fp8 matmuls from koi-kernels, say) runs them."""
+    seen: list[QuantLinear] = []
+
+    class Runner(nn.Module):
+        def __init__(self, layer: QuantLinear) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x)
+
+    def factory(layer: QuantLinear) -> nn.Module:
+        seen.append(layer)
+        return Runner(layer)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(4, 16)
+    quantize_(model, {"0": "int8", "2": "int4"}, group_size=8, kernels={"int4": factory})
+    assert isinstance(model[0], QuantLinear) and isinstance(model[2], Runner)
+    assert [layer.format.name for layer in seen] == ["int4"] and seen[0].granularity.kind == "group"
+    assert model[2].layer.weight is seen[0].weight  # the same Parameter travels into the kernel's module
+    model(x).sum().backward()
+    assert model[2].layer.weight.grad is not None
+
+    def refuse(layer: QuantLinear) -> nn.Module:
+        raise ValueError("this kernel has no group scales")
+
+    with pytest.raises(ValueError, match="no group scales"):
+        quantize_(nn.Sequential(nn.Linear(16, 8)), {"0": "int4"}, group_size=8, kernels={"int4": refuse})

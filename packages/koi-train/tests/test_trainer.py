@@ -116,6 +116,14 @@ def test_fp8_matmul_from_the_config(prepared, tmp_path, scaling):
     assert losses[-1] < losses[0] - 0.4
 
 
+@pytest.mark.parametrize("setting", [{"group_size": 32}, {"activations": True}])
+def test_fp8_matmul_refuses_settings_it_would_drop(prepared, tmp_path, setting):
+    """Real fp8 matmuls bring their own scales and input cast: a group size or int8 activations would be ignored."""
+    raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": "fp8"}, "fp8_matmul": True, **setting})
+    with pytest.raises(ConfigError, match="precision.fp8_matmul: fp8 tensor-core matmuls set their own scales"):
+        _train(raw, tmp_path / "bad")
+
+
 def test_learnable_scales_from_the_config(prepared, tmp_path):
     raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": "ternary"}, "learnable_scales": True},
                       train={"steps": 30})

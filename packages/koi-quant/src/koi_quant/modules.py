@@ -78,6 +78,7 @@ def quantize_(
     quantize_activations: bool = False,
     learnable_scales: bool = False,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    kernels: Mapping[str, Callable[[QuantLinear], nn.Module]] | None = None,
 ) -> dict[str, list[str]]:
     """Swap, in place, each nn.Linear whose name matches a plan pattern for a `QuantLinear`.
 
@@ -85,6 +86,11 @@ def quantize_(
     matching modules as they are. Scales are per output row, per ``group_size`` inputs, or per
     ``tile`` (rows, cols). Returns pattern -> module names. A pattern matching no Linear is
     an error, since a typo would otherwise silently train in full precision.
+
+    ``kernels`` maps a format name to a factory that turns the format's `QuantLinear` into the
+    module that runs it (for instance real fp8 tensor-core matmuls from koi-kernels): this package
+    stays the one place that decides which layer gets which format and settings, while the
+    factory sees those settings and must refuse the ones it cannot honour (raise ValueError).
     """
     for fmt in plan.values():
         if fmt not in FLOAT_FORMATS:
@@ -105,9 +111,11 @@ def quantize_(
         fmt = plan[pattern]
         if fmt in FLOAT_FORMATS:
             continue
-        set_module(model, name, QuantLinear.from_linear(module, format=fmt, granularity=granularity,
-                                                          quantize_activations=quantize_activations,
-                                                          learnable_scale=learnable_scales))
+        layer: nn.Module = QuantLinear.from_linear(module, format=fmt, granularity=granularity,
+                                                   quantize_activations=quantize_activations, learnable_scale=learnable_scales)
+        if kernels and fmt in kernels:
+            layer = kernels[fmt](layer)
+        set_module(model, name, layer)
     refuse_unmatched(model, matched)
     return matched
 

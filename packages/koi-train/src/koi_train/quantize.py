@@ -15,16 +15,18 @@ def apply_precision_plan(model: nn.Module, cfg: PrecisionConfig) -> list[str]:
     if not cfg.plan:
         return []
     head = next(name for name, module in model.named_modules() if module is model.output_head)
+    kernels = {"fp8": fp8_matmul_factory(cfg.fp8_scaling)} if cfg.fp8_matmul else None
     try:
         swapped = quantize_(model, cfg.plan, group_size=cfg.group_size, tile=cfg.tile, quantize_activations=cfg.activations,
-                             learnable_scales=cfg.learnable_scales)
+                             learnable_scales=cfg.learnable_scales, kernels=kernels)
     except ValueError as exc:
-        raise ConfigError("", "precision.plan", str(exc)) from None
+        field = "precision.fp8_matmul" if str(exc).startswith(FP8_REFUSAL) else "precision.plan"
+        raise ConfigError("", field, str(exc)) from None
     quantized_head = [pattern for pattern, names in swapped.items() if head in names and cfg.plan[pattern] not in FLOAT_FORMATS]
     if quantized_head:
         raise ConfigError("", f"precision.plan.{quantized_head[0]}", f"matches the output head {head!r}, which the fused loss multiplies "
                           "in bf16 (it shares the embedding); expected patterns for the blocks only, e.g. transformer.h.*")
-    fp8_layers = swap_in_fp8_matmuls(model, cfg.fp8_scaling) if cfg.fp8_matmul else 0
+    fp8_layers = sum(isinstance(m, Fp8Linear) for m in model.modules())
     scales = f"{cfg.tile[0]}x{cfg.tile[1]} tiles" if cfg.tile else f"groups of {cfg.group_size}" if cfg.group_size else "rows"
     extras = (", learned" if cfg.learnable_scales else "") + (", int8 activations" if cfg.activations else "")
     extras += f", {fp8_layers} fp8 layers on fp8 tensor-core matmuls ({cfg.fp8_scaling} scales)" if cfg.fp8_matmul else ""
@@ -35,12 +37,21 @@ def apply_precision_plan(model: nn.Module, cfg: PrecisionConfig) -> list[str]:
     return lines
 
 
-def swap_in_fp8_matmuls(model: nn.Module, scaling: str = "row") -> int:
-    """Replace fake-quantized fp8 layers by real fp8 matmul layers (same Parameters); return how many."""
-    swapped = 0
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QuantLinear) and module.format.kind == "fp8":
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, Fp8Linear.from_linear(module, scaling))
-            swapped += 1
-    return swapped
+FP8_REFUSAL = "fp8 tensor-core matmuls"
+
+
+def fp8_matmul_factory(scaling: str):
+    """koi-quant's kernel hook for fp8: the fake-quantized layer becomes a real fp8 matmul layer (same Parameters).
+
+    The fp8 matmul brings its own scales (per row, or 128x128 tiles) and quantizes its inputs to
+    fp8 itself, so settings made for the fake-quantized layer would be silently dropped: refused.
+    """
+    def build(layer: QuantLinear) -> Fp8Linear:
+        dropped = [what for what, given in (("precision.group_size / precision.tile (use precision.fp8_scaling)",
+                                             layer.granularity.kind != "row"),
+                                            ("precision.activations (the inputs go to fp8 anyway)", layer.quantize_activations),
+                                            ("precision.learnable_scales", layer.weight_scale is not None)) if given]
+        if dropped:
+            raise ValueError(f"{FP8_REFUSAL} set their own scales and input precision; expected none of: {', '.join(dropped)}")
+        return Fp8Linear.from_linear(layer, scaling)
+    return build
