@@ -43,6 +43,10 @@ def summarize(name: str, prof, steps: int, seconds: float, top: int) -> dict:
           flush=True)
     for e in sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:top]:
         print(f"  {e.self_device_time_total / 1e3 / steps:8.2f} ms/step  {e.count // steps:>5} calls/step  {e.key[:110]}", flush=True)
+    host = [e for e in averages if e.device_type == torch.autograd.DeviceType.CPU]
+    print("  host side, by self CPU time:", flush=True)
+    for e in sorted(host, key=lambda e: e.self_cpu_time_total, reverse=True)[: max(5, top // 2)]:
+        print(f"  {e.self_cpu_time_total / 1e3 / steps:8.2f} ms/step  {e.count / steps:>7.1f} calls/step  {e.key[:110]}", flush=True)
     return row
 
 

@@ -51,8 +51,9 @@ class BackwardOptimizer(OptimizerSet):
             opt.zero_grad(set_to_none=True)
         return step_now
 
-    def take_grad_norm(self) -> float:
-        norm = float(self._squared_norm.sqrt())  # the step's one host read
+    def take_grad_norm(self) -> torch.Tensor:
+        """The step's gradient norm, on the device (the trainer reads it together with the loss)."""
+        norm = self._squared_norm.sqrt()
         self._squared_norm.zero_()
         return norm
 

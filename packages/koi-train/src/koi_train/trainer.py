@@ -97,20 +97,24 @@ class Trainer:
         p, tc = self.parts, self.cfg.train
         if tc.optimizer_in_backward:  # the update happens inside backward, so its lr must be set first
             p.optimizer.set_lr_multiplier(lr_multiplier(self.step, tc))
-        total = 0.0
+        total: torch.Tensor | None = None
         for _ in range(tc.grad_accum):
             x, y = p.train_data.next_batch()
             loss = self.compute_loss(x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True))
             (loss / tc.grad_accum).backward()
-            total += loss.item() / tc.grad_accum
+            part = loss.detach().float() / tc.grad_accum  # summed on the device: no host read per micro-batch
+            total = part if total is None else total + part
         if tc.optimizer_in_backward:
-            return total, p.optimizer.take_grad_norm()
-        params = [q for q in p.model.parameters() if q.grad is not None]
-        max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            grad_norm = p.optimizer.take_grad_norm()
+        else:
+            params = [q for q in p.model.parameters() if q.grad is not None]
+            max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        # One host read for both numbers: each read drains the GPU's queue (the profile in BENCHMARKS.md).
+        loss_value, norm_value = torch.stack([total, grad_norm.float().to(total.device)]).tolist()
         # Every rank must see the same numbers, so the instability detector decides the same everywhere.
-        return mean_across_ranks(total, self.dist, p.device), grad_norm
+        return mean_across_ranks(loss_value, self.dist, p.device), norm_value
 
     def _apply_update(self, event: InstabilityEvent | None) -> None:
         """Step the optimizer unless the step raised an event: a suspect update is never applied."""
