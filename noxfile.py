@@ -208,6 +208,7 @@ def floor(session: nox.Session) -> None:
     nvidia-* dependencies); point pip at a CPU index (PIP_INDEX_URL) where one is reachable.
     """
     siblings = [arg for name in PACKAGES for arg in ("-e", f"packages/{name}[test]")]
-    session.install("torch==2.6.*", "triton<3.3", *siblings)
+    # numpy 1.x: the floor of numpy too, and triton 3.2's interpreter fails on numpy 2's scalar rules
+    session.install("torch==2.6.*", "triton<3.3", "numpy<2", *siblings)
     for name in PACKAGES:
         session.run("pytest", "-q", "-p", "no:cacheprovider", f"packages/{name}/tests", *session.posargs, env=test_env())

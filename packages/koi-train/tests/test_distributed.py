@@ -11,7 +11,10 @@ import sys
 import pytest
 from conftest import tiny_config
 
+from koi_train.distributed import fsdp_runs_off_cuda
+
 STEPS = 12
+NEEDS_CPU_FSDP = pytest.mark.skipif(not fsdp_runs_off_cuda(), reason="FSDP2 runs on CPU (gloo) from torch 2.7")
 
 
 def _free_port() -> int:
@@ -51,7 +54,7 @@ def single(prepared, tmp_path_factory):
     return _losses(root / "single")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=NEEDS_CPU_FSDP)])
 def test_two_processes_match_one_with_the_same_global_batch(prepared, tmp_path, single, strategy):
     result = _run(["run", str(_config(prepared, tmp_path, strategy, strategy, 4))], cwd=tmp_path, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -67,6 +70,7 @@ def test_two_processes_match_one_with_the_same_global_batch(prepared, tmp_path, 
         assert final.with_suffix(".pt").exists()
 
 
+@NEEDS_CPU_FSDP
 def test_fsdp_checkpoint_resumes_on_one_process(prepared, tmp_path, single):
     first = _run(["run", str(_config(prepared, tmp_path, "resume", "fsdp", 4, steps=STEPS))], cwd=tmp_path, nproc=2)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -81,12 +85,21 @@ def test_fsdp_checkpoint_resumes_on_one_process(prepared, tmp_path, single):
         assert abs(losses[step] - single[step]) < 2e-4, f"step {step}: {losses[step]} vs {single[step]}"
 
 
+@pytest.mark.skipif(fsdp_runs_off_cuda(), reason="this torch runs FSDP2 on CPU")
+def test_fsdp_on_cpu_with_an_older_torch_is_a_config_error(prepared, tmp_path):
+    """torch 2.6 (the floor) has FSDP2 on CUDA only: a CPU run says so instead of crashing in a stream call."""
+    result = _run(["run", str(_config(prepared, tmp_path, "old", "fsdp", 4, steps=2))], cwd=tmp_path, nproc=2)
+    assert result.returncode != 0
+    assert "distributed.strategy: 'fsdp' on cpu needs torch >= 2.7" in result.stderr
+
+
 def test_strategy_without_torchrun_is_a_config_error(prepared, tmp_path):
     result = _run(["run", str(_config(prepared, tmp_path, "bad", "ddp", 4))], cwd=tmp_path)
     assert result.returncode == 2
     assert "distributed.strategy: 'ddp' needs a launch through torchrun" in result.stderr
 
 
+@NEEDS_CPU_FSDP
 def test_sharded_checkpoint_exports(prepared, tmp_path):
     first = _run(["run", str(_config(prepared, tmp_path, "exp", "fsdp", 4, steps=3))], cwd=tmp_path, nproc=2)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -95,6 +108,7 @@ def test_sharded_checkpoint_exports(prepared, tmp_path):
     assert (tmp_path / "hf" / "model.safetensors").exists()
 
 
+@NEEDS_CPU_FSDP
 def test_fsdp_keeps_the_precision_plan(prepared, tmp_path):
     path = _config(prepared, tmp_path, "quant", "fsdp", 4, steps=8)
     raw = json.loads(path.read_text())

@@ -74,6 +74,9 @@ def wrap_model(model: nn.Module, cfg: DistributedConfig, info: DistInfo, device:
         # Buffers are the same on every rank by construction (RoPE tables; 2:4 masks, computed from the same
         # weights at the same steps), so they are not re-sent from rank 0 before every forward.
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    if device.type != "cuda" and not fsdp_runs_off_cuda():
+        raise ConfigError("", "distributed.strategy", f"'fsdp' on {device.type} needs torch >= 2.7 (torch "
+                          f"{torch.__version__}'s FSDP2 streams are CUDA-only); use ddp, a GPU, or a newer torch")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -86,6 +89,12 @@ def wrap_model(model: nn.Module, cfg: DistributedConfig, info: DistInfo, device:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def fsdp_runs_off_cuda() -> bool:
+    """FSDP2 (fully_shard) runs on CPU/gloo from torch 2.7; before, it records events on CUDA streams."""
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 7)
 
 
 def mean_across_ranks(value: float, info: DistInfo, device: torch.device) -> float:
