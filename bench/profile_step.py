@@ -24,8 +24,8 @@ from torch.profiler import ProfilerActivity, profile
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from data_tokens import make_shards, real_tokens  # noqa: E402
-from train_throughput import CASES, koi_config  # noqa: E402
+from data_tokens import make_shards  # noqa: E402
+from train_throughput import CASES, ReferenceRun, koi_config  # noqa: E402
 
 HOST_READS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize")  # .item(), float(t), syncs
 ACTIVITIES = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -51,33 +51,14 @@ def summarize(name: str, prof, steps: int, seconds: float, top: int) -> dict:
 
 
 def profile_reference(case: str, warmup: int, steps: int, top: int) -> dict:
-    from reference_gpt2 import ReferenceGPT2
-
-    layers, width, heads, batch, seq = CASES[case]
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.manual_seed(1337)
-    model = ReferenceGPT2(layers, width, heads, block=seq).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    compiled = torch.compile(model)
-    tokens = real_tokens((warmup + steps) * batch * seq + seq + 1)
-
-    def step(i: int) -> None:
-        chunk = tokens[i * batch * seq : (i + 1) * batch * seq + 1]
-        x, y = chunk[:-1].view(batch, seq).cuda(), chunk[1:].view(batch, seq).cuda()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = compiled(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    reference = ReferenceRun(case, remat=False, batches=warmup + steps)
     for i in range(warmup):
-        step(i)
+        reference.step(i)
     torch.cuda.synchronize()
     with profile(activities=ACTIVITIES) as prof:
         start = time.perf_counter()
         for i in range(warmup, warmup + steps):
-            step(i)
+            reference.step(i)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     return summarize("reference", prof, steps, seconds, top)

@@ -104,35 +104,46 @@ def run_koi(case: str, side: str, steps: int, work: Path) -> dict:
     return {"tokens_per_s": row["tokens_per_s"], "peak_gib": row.get("peak_memory_gib"), "loss": row["loss"], "estimate_gib": estimate}
 
 
-def run_reference(case: str, remat: bool, steps: int) -> dict:
-    from reference_gpt2 import ReferenceGPT2
+class ReferenceRun:
+    """TARGETS.md's plain reference, set up once: ``step(i)`` trains on the i-th batch of real tokens."""
 
-    layers, width, heads, batch, seq = CASES[case]
-    device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(1337)
-    model = ReferenceGPT2(layers, width, heads, block=seq, remat=remat).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    compiled = torch.compile(model)
-    tokens = real_tokens(2 * steps * batch * seq + seq + 1)
+    def __init__(self, case: str, remat: bool, batches: int) -> None:
+        from reference_gpt2 import ReferenceGPT2
+
+        layers, width, heads, self.batch, self.seq = CASES[case]
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(1337)
+        self.model = ReferenceGPT2(layers, width, heads, block=self.seq, remat=remat).cuda()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+        self.compiled = torch.compile(self.model)
+        self.tokens = real_tokens(batches * self.batch * self.seq + self.seq + 1)
+
+    def step(self, i: int) -> torch.Tensor:
+        rows = self.batch * self.seq
+        chunk = self.tokens[i * rows : (i + 1) * rows + 1]
+        x, y = chunk[:-1].view(self.batch, self.seq).cuda(), chunk[1:].view(self.batch, self.seq).cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = self.compiled(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss
+
+
+def run_reference(case: str, remat: bool, steps: int) -> dict:
+    reference = ReferenceRun(case, remat, 2 * steps)
     torch.cuda.reset_peak_memory_stats()
     for i in range(2 * steps):
         if i == steps:
             torch.cuda.synchronize()
             start = time.perf_counter()
-        chunk = tokens[i * batch * seq : (i + 1) * batch * seq + 1]
-        x, y = chunk[:-1].view(batch, seq).to(device), chunk[1:].view(batch, seq).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = compiled(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = reference.step(i)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"tokens_per_s": steps * batch * seq / seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "loss": loss.item()}
+    return {"tokens_per_s": steps * reference.batch * reference.seq / seconds,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss.item()}
 
 
 def worker(case: str, side: str, steps: int, work: Path) -> None:

@@ -35,11 +35,12 @@ def test_run_estimate_counts_what_the_optimizers_really_hold():
             p.grad = torch.ones_like(p)
         optimizer.step()
         held = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.ndim)
-        estimate = estimate_run_memory(model, optimizer=name, in_backward=False, remat="none", batch=2, seq=128, compute_bytes=4)
+        estimate = estimate_run_memory(model, optimizer=name, in_backward=False, remat="none", batch=2, seq=128, compute_bytes=4,
+                                       residual_bytes=4)
         assert abs(estimate.optimizer - held) <= 0.01 * held, name
         assert estimate.weights == sum(p.numel() * 4 for p in params) == estimate.gradients
     stepped_in_backward = estimate_run_memory(model, optimizer="adamw8bit", in_backward=True, remat="full", batch=2, seq=128,
-                                              compute_bytes=4)
+                                              compute_bytes=4, residual_bytes=4)
     assert stepped_in_backward.gradients == sum(p.numel() * 4 for p in model.blocks[0].parameters())
     assert stepped_in_backward.activations < estimate.activations
     assert stepped_in_backward.line().startswith(f"memory: about {stepped_in_backward.total / 2**30:.2f} GiB peak")

@@ -64,13 +64,12 @@ class MemoryEstimate:
         return self.weights + self.gradients + self.optimizer + self.activations + self.loss
 
     def line(self) -> str:
-        parts = ", ".join(f"{name} {getattr(self, name) / 2**30:.2f}" for name in
-                          ("weights", "gradients", "optimizer", "activations", "loss"))
+        parts = ", ".join(f"{name} {size / 2**30:.2f}" for name, size in vars(self).items())
         return f"memory: about {self.total / 2**30:.2f} GiB peak (estimate, GiB: {parts})"
 
 
 def estimate_run_memory(model: nn.Module, *, optimizer: str, muon_matrices: int = 0, in_backward: bool, remat: str,
-                        batch: int, seq: int, compute_bytes: int) -> MemoryEstimate:
+                        batch: int, seq: int, compute_bytes: int, residual_bytes: int) -> MemoryEstimate:
     """A step's peak, from the parts that scale: weights, gradients, optimizer state, kept activations, loss.
 
     Gradients live in the parameters' dtype; stepped in backward, only one block's exist at once.
@@ -90,7 +89,7 @@ def estimate_run_memory(model: nn.Module, *, optimizer: str, muon_matrices: int 
         state_bytes = count * OPTIMIZER_STATE_BYTES.get(optimizer, OPTIMIZER_STATE_BYTES["adamw"])
     spec = model.spec
     activations = activation_bytes(remat, batch=batch, seq=seq, width=spec.n_embd, layers=spec.n_layer,
-                                   bytes_per_value=compute_bytes, residual_bytes=max(compute_bytes, params[0].element_size()))
+                                   bytes_per_value=compute_bytes, residual_bytes=residual_bytes)
     rows = batch * seq
     chunk = min(rows * spec.vocab_size, max(spec.vocab_size, LOSS_CHUNK_LOGITS // spec.vocab_size * spec.vocab_size))
     loss = rows * spec.n_embd * compute_bytes + spec.vocab_size * spec.n_embd * 4 + chunk * compute_bytes

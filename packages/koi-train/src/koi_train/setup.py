@@ -98,7 +98,7 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     report += sparsity_report
     wrapped = apply_remat(model, cfg.remat.mode)
     compute_bytes = 2 if device.type == "cuda" else 4
-    residual_bytes = 2 if cfg.optimizer.weights == "bf16" and device.type == "cuda" else 4
+    residual_bytes = 2 if cfg.optimizer.weights == "bf16" and device.type == "cuda" else 4  # the weights' dtype, under autocast
     report.append(remat_report(cfg.remat.mode, batch=cfg.train.batch_size, seq=block_size, width=model.spec.n_embd,
                                layers=model.spec.n_layer, bytes_per_value=compute_bytes, residual_bytes=residual_bytes)
                   + (f", recomputing {len(wrapped)} modules" if wrapped else ""))
@@ -136,7 +136,8 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
         matrices = sum(p.numel() for p in hidden_matrices(model)) if cfg.optimizer.name == "muon" else 0
         memory = estimate_run_memory(model, optimizer=cfg.optimizer.name, muon_matrices=matrices,
                                      in_backward=cfg.train.optimizer_in_backward, remat=cfg.remat.mode,
-                                     batch=cfg.train.batch_size, seq=block_size, compute_bytes=compute_bytes)
+                                     batch=cfg.train.batch_size, seq=block_size, compute_bytes=compute_bytes,
+                                     residual_bytes=residual_bytes)
         report.append(memory.line())
     params = count_parameters(model)
     mixture = None
