@@ -2,7 +2,7 @@
 # One lent-GPU session in one script: install what the machine lacks, then run the named stages,
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
-# Stages: setup, parity, tests, smoke, speed, profile, quality, sparsity. Offline machines need the wheels in .carry/whl
+# Stages: setup, parity, tests, train_tests, smoke, speed, profile, quality, sparsity. Offline machines need the wheels in .carry/whl
 # (jsonschema and friends, hatchling and editables, nox) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,13 +33,20 @@ stage_tests() {
     | grep -E "passed|failed|error|FAILED|ERROR|Session" | tail -40
 }
 
+stage_train_tests() {  # koi-train's suite alone on the card (the longest; nox -s gpu runs all five)
+  TRITON_INTERPRET=0 timeout "${KOI_TEST_TIMEOUT:-480}" python3 -m pytest -q -p no:cacheprovider -rf --timeout 240 \
+    packages/koi-train/tests ${KOI_TEST_ARGS:-} 2>&1 | tee "$logs/train_tests.log" | grep -E "passed|failed|error|FAILED|ERROR" | tail -40
+}
+
 stage_smoke() {
-  timeout "${KOI_SMOKE_TIMEOUT:-480}" python3 bench/smoke_matrix.py --per-gpu "${KOI_SMOKE_PER_GPU:-6}" 2>&1 | tee "$logs/smoke.log"
+  timeout "${KOI_SMOKE_TIMEOUT:-480}" python3 bench/smoke_matrix.py --per-gpu "${KOI_SMOKE_PER_GPU:-6}" \
+    ${KOI_SMOKE_ONLY:+--only "$KOI_SMOKE_ONLY"} 2>&1 | tee "$logs/smoke.log"
 }
 
 stage_speed() {
-  timeout "${KOI_SPEED_TIMEOUT:-420}" python3 bench/train_throughput.py --steps 30 --side reference --side koi --side koi-fp8 \
-    --side koi-fp8-tile --side koi-int4 --side koi-ternary 2>&1 | tee "$logs/speed.log"
+  local sides="${KOI_SPEED_SIDES:-reference koi koi-fp8 koi-fp8-tile koi-int4 koi-ternary}"
+  timeout "${KOI_SPEED_TIMEOUT:-420}" python3 bench/train_throughput.py --steps "${KOI_SPEED_STEPS:-30}" \
+    $(printf -- "--side %s " $sides) 2>&1 | tee "$logs/speed.log"
 }
 
 stage_quality() {  # recipe Q per format and seed (issue 19); about 5 runs at a time per card, over KOI_GPUS

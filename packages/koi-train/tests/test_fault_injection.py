@@ -165,3 +165,26 @@ def test_ddp_two_processes_recover_alike(ddp_results, case):
     assert [_comparable(r) for r in got["records"]] == [_comparable(e) for e in got["events"]]
     late = WINDOW_STEPS if kind == "poisoned_window" else 1
     assert any(int(step) <= e["step"] <= int(step) + late for e in got["events"])
+
+
+@pytest.mark.parametrize("fault,step", [(None, None), ("nan_batch", 23), ("lr_spike", 7), ("grad_explosion", 9)])
+def test_judging_a_step_late_decides_and_trains_as_judging_it_at_once(prepared, tmp_path, fault, step):
+    """The default judges each step while the next runs (late_judging.py), with the update gated on the
+    device; a rollback found late redoes the step run since. Same events, losses and weights as the host
+    judging each step before its update."""
+    runs = {}
+    for late in (True, False):
+        name = f"late-{late}"
+        trainer = Trainer(load_dict(_config(prepared, tmp_path, name, "plain")), tmp_path / name, log=lambda *_: None)
+        assert trainer.judge_late  # fused AdamW gates its update on a device flag, on the CPU too
+        trainer.judge_late = late
+        if fault:
+            inject(trainer, fault, step)
+        trainer.fit()
+        runs[late] = trainer
+    late, now = runs[True], runs[False]
+    assert [_comparable(e.as_record()) for e in late.guard.events] == [_comparable(e.as_record()) for e in now.guard.events]
+    assert bool(late.guard.events) == bool(fault)
+    assert ([r["loss"] for r in _records(late.run_dir, "train")] == [r["loss"] for r in _records(now.run_dir, "train")])
+    for (name, a), b in zip(late.parts.model.state_dict().items(), now.parts.model.state_dict().values()):
+        assert torch.equal(a, b), name

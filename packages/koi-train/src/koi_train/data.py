@@ -38,10 +38,11 @@ class RandomWindows:
     """
 
     def __init__(self, shards: list[np.ndarray], *, block_size: int, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> None:
+        """``pin_memory``: batches in page-locked memory, so their copy to a GPU runs without the host waiting."""
         self.shards = [s for s in shards if len(s) >= block_size + 1]
         self.block_size, self.batch_size = block_size, batch_size
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
         windows = np.array([len(s) - block_size for s in self.shards], dtype=np.int64)
         self.cumulative = np.cumsum(windows)
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -60,6 +61,8 @@ class RandomWindows:
             for s, o in zip(shard_index, starts - before)
         ]
         batch = torch.from_numpy(np.stack(rows))  # (B, T+1)
+        if self.pin_memory:  # from torch's cache of pinned blocks: no new page-locking per batch
+            batch = batch.pin_memory()
         return batch[:, :-1], batch[:, 1:]
 
     def state_dict(self) -> dict:

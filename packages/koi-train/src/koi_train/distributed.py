@@ -105,6 +105,16 @@ def mean_across_ranks(value: float, info: DistInfo, device: torch.device) -> flo
     return float(t) / info.world_size
 
 
+def mean_on_device(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean over ranks as a float64 tensor on the value's device: a collective, but no host read."""
+    value = value.double()
+    if not info.active:
+        return value
+    total = value.clone()
+    dist.all_reduce(total)
+    return total / info.world_size
+
+
 def broadcast_object(value, info: DistInfo):
     """Rank 0's value on every rank (e.g. the run folder it chose)."""
     if not info.active:

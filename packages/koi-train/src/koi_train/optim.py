@@ -90,7 +90,7 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, device: torch.device,
                     in_backward: bool = False) -> OptimizerSet:
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = device.type == "cuda"
+    fused = device.type in ("cuda", "cpu")  # fused AdamW can skip an update on a device flag (late_judging.py)
     if cfg.weights == "bf16" and cfg.name not in ("adamw", "adamw8bit"):
         # Only Koi's fused AdamW and 8-bit AdamW round bf16 weights stochastically; any other step
         # would round to nearest and lose updates smaller than half a bf16 step.

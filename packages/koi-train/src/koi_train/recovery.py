@@ -56,6 +56,11 @@ class InstabilityGuard:
         return self.icfg.enabled
 
     @property
+    def data_before_step(self) -> dict | None:
+        """The data position the current step's batch was drawn from (noted by `before_step`)."""
+        return self._data_before_step
+
+    @property
     def in_backward(self) -> bool:
         return self.cfg.train.optimizer_in_backward
 
@@ -74,10 +79,38 @@ class InstabilityGuard:
         if self.snapshots.due(step):  # the detector's history and reference describe these weights: kept with them
             self.snapshots.capture(step, {"history": self.detector.history(), "reference": self._reference})
 
-    def after_step(self, step: int, loss: float, grad_norm: float) -> InstabilityEvent | None:
-        """None for a healthy step (its update may be applied), else the event (it may not)."""
+    def needs_settled(self, step: int) -> bool:
+        """Must the previous step be judged before `before_step`? Yes when a snapshot is due or pending:
+        a snapshot carries the detector's history, and is promoted by the next judgment."""
+        return self.enabled and (self.snapshots.due(step) or self.snapshots.pending is not None)
+
+    def device_gate(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        """A device float, 1.0 when `after_step` will flag this step, computed without a host read.
+
+        The same tests as `InstabilityDetector.check` (and the pending snapshot's finiteness), in
+        float64 against the same limits, so the device and the later host judgment always agree.
+        """
+        loss, grad_norm = loss.double(), grad_norm.double()
+        bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
+        if self.enabled:
+            bad = bad | (loss > self.detector.loss_limit()) | (grad_norm > self.detector.grad_limit())
+            pending = self.snapshots.pending
+            if pending is not None and pending.finite is not None:
+                bad = bad | ~pending.finite.to(bad.device)
+        else:
+            bad = torch.zeros_like(bad)
+        return bad.float()
+
+    def after_step(self, step: int, loss: float, grad_norm: float, data_before: dict | None = None) -> InstabilityEvent | None:
+        """None for a healthy step (its update may be applied), else the event (it may not).
+
+        ``data_before`` is the data position the step drew its batch from, when the step is judged
+        after the next one began (see `late_judging.py`); by default the one `before_step` noted.
+        """
         if not self.enabled:
             return None
+        if data_before is None:
+            data_before = self._data_before_step
         pending = self.snapshots.pending
         anomaly = None
         if pending is not None and not pending.is_finite():
@@ -86,16 +119,22 @@ class InstabilityGuard:
         if anomaly is None:
             self.snapshots.warm_up()  # from the first step with optimizer state on: pins snapshot buffers off the step
             self.detector.accept(loss, grad_norm)
-            self._reference = (self._data_before_step, loss)
+            self._reference = (data_before, loss)
             self.snapshots.promote()
             return None
         return self._respond(step, anomaly, pending)
 
-    def lr_multiplier(self, step: int) -> float:
-        """The schedule's multiplier times any LR cut; a jump up (a cut ending) starts a new history."""
+    def scheduled_multiplier(self, step: int) -> float:
+        """The schedule's multiplier times any LR cut, with no side effect."""
         multiplier = lr_multiplier(step, self.cfg.train)
         if step < self.lr_cut_until:
             multiplier *= self.icfg.lr_cut_factor
+        return multiplier
+
+    def lr_multiplier(self, step: int) -> float:
+        """`scheduled_multiplier`; called once per step after the step is judged, since a jump up
+        (a cut ending) starts a new history, which must not hold the step that led to it."""
+        multiplier = self.scheduled_multiplier(step)
         last, self._last_multiplier = self._last_multiplier, multiplier
         if self.enabled and last is not None and step >= self.cfg.train.warmup_steps and multiplier > LR_JUMP * last:
             self.rebase(step, "lr_jump")

@@ -91,7 +91,7 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     train_shards = open_shards(train_patterns, field="data.train", min_tokens=block_size + 1)
     val_shards = open_shards(val_patterns, field="data.val", min_tokens=block_size + 1) if val_patterns else []
     train_data = RandomWindows(train_shards, block_size=block_size, batch_size=cfg.train.batch_size, seed=cfg.seed,
-                               rank=dist.rank, world_size=dist.world_size)
+                               rank=dist.rank, world_size=dist.world_size, pin_memory=device.type == "cuda")
 
     report += apply_precision_plan(model, cfg.precision)
     sparsity, sparsity_report = apply_sparsity(model, cfg.sparsity, cfg.precision)

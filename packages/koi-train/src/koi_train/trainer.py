@@ -14,9 +14,10 @@ from koi_eval import estimate_loss, evaluate_hellaswag, generate, read_eval_bin,
 
 from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, config_to_dict
-from .distributed import DistInfo, barrier, full_state_dicts, load_full_state_dicts, mean_across_ranks
+from .distributed import DistInfo, barrier, full_state_dicts, load_full_state_dicts, mean_on_device
 from .instability import InstabilityEvent, TrainingAborted
 from .interrupt import DeferredInterrupt, StoppedAtBoundary
+from .late_judging import LateReads, StepInFlight, optimizer_can_gate, step_gated
 from .metrics import MetricsLog, NullMetrics, plot_loss
 from .recovery import InstabilityGuard
 from .reporting import ProgressReporter
@@ -38,6 +39,14 @@ class Trainer:
         self.tokens_per_step = cfg.train.batch_size * self.parts.block_size * cfg.train.grad_accum
         self.checkpoint_dir = cfg.checkpoint.dir or str(self.run_dir / "checkpoints")
         self._hellaswag = None
+        # Judge each step while the next one runs (late_judging.py) wherever the update can wait on a
+        # device flag; with the optimizer in backward the update is done before any flag exists.
+        self.judge_late = not cfg.train.optimizer_in_backward and (
+            not self.guard.enabled or optimizer_can_gate(self.parts.optimizer))
+        self._late_reads = LateReads(self.parts.device)
+        self._in_flight: StepInFlight | None = None
+        self._reporter: ProgressReporter | None = None
+        self._metrics: MetricsLog | NullMetrics = NullMetrics()
 
     # state --------------------------------------------------------------------------------
     @property
@@ -92,8 +101,12 @@ class Trainer:
         with self._autocast():
             return self.parts.objective(x, y)
 
-    def train_step(self) -> tuple[float, float]:
-        """Forward/backward over grad_accum micro-batches and a clipped update; returns (loss, grad norm)."""
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward/backward over grad_accum micro-batches and clipping; (loss, grad norm) stay on the device.
+
+        The loss is the mean over ranks (on the device too), so every rank's instability detector
+        sees the same numbers and decides the same way.
+        """
         p, tc = self.parts, self.cfg.train
         if tc.optimizer_in_backward:  # the update happens inside backward, so its lr must be set first
             p.optimizer.set_lr_multiplier(lr_multiplier(self.step, tc))
@@ -111,10 +124,13 @@ class Trainer:
             max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        # One host read for both numbers: each read drains the GPU's queue (the profile in BENCHMARKS.md).
-        loss_value, norm_value = torch.stack([total, grad_norm.float().to(total.device)]).tolist()
-        # Every rank must see the same numbers, so the instability detector decides the same everywhere.
-        return mean_across_ranks(loss_value, self.dist, p.device), norm_value
+        return mean_on_device(total, self.dist), grad_norm.float().to(total.device)
+
+    def _judge_now(self, loss_t: torch.Tensor, norm_t: torch.Tensor) -> tuple[float, float]:
+        """Read both numbers (one transfer, one drain of the GPU's queue), judge, then update or not."""
+        loss, grad_norm = (float(v) for v in torch.stack([loss_t.double(), norm_t.double()]).tolist())
+        self._apply_update(self.guard.after_step(self.step, loss, grad_norm))
+        return loss, grad_norm
 
     def _apply_update(self, event: InstabilityEvent | None) -> None:
         """Step the optimizer unless the step raised an event: a suspect update is never applied."""
@@ -123,6 +139,36 @@ class Trainer:
         if event is None:
             p.optimizer.step()
         p.optimizer.zero_grad()
+
+    def _launch_update(self, loss_t: torch.Tensor, norm_t: torch.Tensor) -> None:
+        """The late-judged update: gated on the device by the verdict the host will reach one step later."""
+        p = self.parts
+        skip = self.guard.device_gate(loss_t, norm_t) if self.guard.enabled else None
+        multiplier = self.guard.scheduled_multiplier(self.step)
+        p.optimizer.set_lr_multiplier(multiplier)
+        step_gated(p.optimizer, skip)
+        p.optimizer.zero_grad()
+        lr = p.optimizer.optimizers[0].param_groups[0]["lr"]
+        self._in_flight = self._late_reads.launch(self.step, loss_t, norm_t, skip, self.guard.data_before_step, lr)
+
+    def _settle(self) -> bool:
+        """Judge the step in flight, if any, and log it; True when that restored older weights
+        (the step run since on the discarded ones must then be redone)."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return False
+        loss, grad_norm = flight.read()
+        event = self.guard.after_step(flight.step, loss, grad_norm, data_before=flight.data_before)
+        self.guard.lr_multiplier(flight.step)  # its side effect (a new history after an LR jump) belongs after the judgment
+        self._log_step(flight.step + 1, loss, grad_norm, flight.lr)
+        return event is not None and event.restored_step is not None
+
+    def _log_step(self, done: int, loss: float, grad_norm: float, lr: float) -> None:
+        """A progress line and a metrics record every log_every steps and after the last one."""
+        if done % self.cfg.train.log_every == 0 or done == self.cfg.train.steps:
+            record, line = self._reporter.record(done, loss, grad_norm, lr)
+            self._metrics.write(record)
+            self.log(line)
 
     # evaluation ---------------------------------------------------------------------------
     @property
@@ -188,6 +234,7 @@ class Trainer:
 
     def _stop_at_boundary(self, metrics: MetricsLog) -> None:
         """Between two steps every piece of state agrees, so this checkpoint resumes bit for bit."""
+        self._settle()
         metrics.close()
         path = self.save()
         self.log(f"interrupted at step {self.step}: saved {path}; continue with: koi-train resume {self.run_dir}")
@@ -198,6 +245,7 @@ class Trainer:
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=self.step) if self.dist.is_main else NullMetrics()
         reporter = ProgressReporter(cfg.train.steps, self.tokens_per_step, p.params["total"], p.block_size, p.model,
                                     p.device, start_step=self.step, world_size=self.dist.world_size)
+        self._reporter, self._metrics = reporter, metrics
         for line in p.report:
             self.log(line)
         if p.memory is not None and self.step == 0:  # beside the measured peak of the train records
@@ -210,19 +258,30 @@ class Trainer:
             while self.step < cfg.train.steps:
                 if interrupt.requested_on_any_rank(self.dist, p.device):
                     self._stop_at_boundary(metrics)
+                if self.judge_late and self.guard.needs_settled(self.step):
+                    self._settle()  # a snapshot is due or pending: it must see every earlier step judged
                 self.guard.before_step(self.step)
                 if p.sparsity is not None:  # 2:4 masks: dense first, then recomputed on schedule
                     p.sparsity.before_step(self.step)
-                loss, grad_norm = self.train_step()
-                self._apply_update(self.guard.after_step(self.step, loss, grad_norm))
+                loss_t, norm_t = self.train_step()
+                if self.judge_late:
+                    if self._settle():  # the previous step rolled the weights back: this one ran on discarded weights
+                        p.optimizer.zero_grad()
+                        p.train_data.load_state_dict(self.guard.data_before_step)
+                        continue
+                    self._launch_update(loss_t, norm_t)
+                else:
+                    loss, grad_norm = self._judge_now(loss_t, norm_t)
+                    self._log_step(self.step + 1, loss, grad_norm, p.optimizer.optimizers[0].param_groups[0]["lr"])
                 self.step += 1
+                at_boundary = ((p.mixture is not None and self.step % cfg.mixture.switch == 0)
+                               or (cfg.eval.every and self.step % cfg.eval.every == 0)
+                               or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0))
+                if at_boundary and self.step < cfg.train.steps:
+                    self._settle()  # a switch, an eval or a checkpoint sees every update judged
                 if p.mixture is not None and self.step % cfg.mixture.switch == 0 and self.step < cfg.train.steps:
                     active = self.guard.planned_change(self.step, p.mixture.switch)  # judged first, then a new history
                     metrics.write({"kind": "mixture_switch", "step": self.step, "active": active})
-                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                    record, line = reporter.record(self.step, loss, grad_norm, p.optimizer.optimizers[0].param_groups[0]["lr"])
-                    metrics.write(record)
-                    self.log(line)
                 if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
                     last_eval = self.evaluate()
                     if last_eval:
@@ -233,6 +292,7 @@ class Trainer:
                                  + predictor_summary(last_eval))
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
                     self.save()
+            self._settle()
             self.guard.finish(self.step)  # the last update has no next step to judge it
             if interrupt.requested_on_any_rank(self.dist, p.device):
                 self._stop_at_boundary(metrics)
