@@ -52,6 +52,7 @@ stage_speed() {
 stage_quality() {  # recipe Q per format and seed (issue 19); about 5 runs at a time per card, over KOI_GPUS
   timeout "${KOI_QUALITY_TIMEOUT:-580}" python3 bench/recipe_q.py --formats "${KOI_FORMATS:-bf16,int8,int4,ternary,binary}" \
     --seeds "${KOI_SEEDS:-1}" --optimizer "${KOI_OPTIMIZER:-muon}" --model "${KOI_MODEL:-gpt2}" --gpus "${KOI_GPUS:-0}" \
+    --parallel "${KOI_PARALLEL:-5}" \
     2>&1 | tee -a "$logs/recipe_q.log"
 }
 

@@ -9,6 +9,7 @@ Rows print as runs finish and land in $OUT/recipe_q.jsonl; the summary gives mea
 seeds and each format's ratio to bf16 under the same optimizer.
 
     python bench/recipe_q.py --formats bf16,int4,ternary --seeds 1,2,3 --optimizer muon
+    python bench/recipe_q.py --formats bf16,ternary,ternary+wu0.5/0.2 --seeds 1,2   # +wu: quantization warm-up
     python bench/recipe_q.py --formats bf16 --seeds 1 --steps 50          # a quick check of the script
 """
 
@@ -46,7 +47,18 @@ MODELS = {  # GPT-2 124M as in recipe Q, and a candidate for Koi's best recipe a
 BLOCK_PATTERN = {"gpt2": "transformer.h.*", "llama": "model.layers.*"}
 
 
-def config(name: str, fmt: str, seed: int, optimizer: str, steps: int, shards: Path, out: Path, model: str = "gpt2") -> dict:
+def parse_format(spec: str) -> tuple[str, dict]:
+    """``ternary`` or ``ternary+wu0.5/0.2``: a format, optionally with a quantization warm-up
+    (full precision for the first 50% of steps, then a ramp to fully quantized over 20%)."""
+    fmt, _, warmup = spec.partition("+wu")
+    if not warmup:
+        return fmt, {}
+    after, _, ramp = warmup.partition("/")
+    return fmt, {"quantize_after": float(after), "quantize_ramp": float(ramp or 0)}
+
+
+def config(name: str, spec: str, seed: int, optimizer: str, steps: int, shards: Path, out: Path, model: str = "gpt2") -> dict:
+    fmt, warmup = parse_format(spec)
     plan = {BLOCK_PATTERN[model]: fmt} if fmt != "bf16" else {}
     return {
         "name": name, "out_dir": str(out), "seed": seed,
@@ -55,7 +67,7 @@ def config(name: str, fmt: str, seed: int, optimizer: str, steps: int, shards: P
         "train": {"steps": steps, "batch_size": 16, "lr": 6e-4, "warmup_steps": steps // 10, "schedule": "cosine",
                   "min_lr_ratio": 0.1, "grad_clip": 1.0, "device": "cuda", "compile": True, "log_every": 50},
         "optimizer": OPTIMIZERS[optimizer],
-        "precision": {"plan": plan},
+        "precision": {"plan": plan, **warmup},
         "eval": {"every": 0, "max_windows": 8, "sample_prompt": None},
         "checkpoint": {"every": 0, "keep_last": 1},
     }
@@ -129,7 +141,7 @@ def main() -> None:
     while queue or running:
         while queue and len(running) < args.parallel * len(gpus):
             fmt, seed = queue.pop(0)
-            name = f"{args.model}-{fmt}-{args.optimizer}-s{seed}"
+            name = f"{args.model}-{fmt.replace('+', '-').replace('/', '-')}-{args.optimizer}-s{seed}"
             path = work / f"{name}.json"
             path.write_text(json.dumps(config(name, fmt, seed, args.optimizer, args.steps, shards, work, args.model)))
             log = (work / f"{name}.log").open("w")

@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from koi_quant import QuantLinear, fake_quantize, fake_quantize_ste, memory_table, quantize_, quantize_activations_int8
+from koi_quant import (
+    QuantLinear,
+    fake_quantize,
+    fake_quantize_ste,
+    memory_table,
+    quantize_,
+    quantize_activations_int8,
+    set_quantization_strength,
+)
 
 
 def test_ste_gradient_is_the_identity_even_for_clipped_weights():
@@ -228,3 +236,36 @@ def test_a_kernel_factory_runs_the_formats_it_names_with_their_settings():
 
     with pytest.raises(ValueError, match="no group scales"):
         quantize_(nn.Sequential(nn.Linear(16, 8)), {"0": "int4"}, group_size=8, kernels={"int4": refuse})
+
+
+def test_quantization_strength_blends_latent_and_quantized_weights_with_identity_gradient():
+    torch.manual_seed(0)
+    plain = QuantLinear.from_linear(nn.Linear(64, 32), format="ternary")
+    blended = QuantLinear.from_linear(nn.Linear(64, 32), format="ternary")
+    blended.load_state_dict(plain.state_dict())
+    assert set_quantization_strength(nn.Sequential(blended), 1.0) == 1
+    assert "strength" not in blended.state_dict()  # a schedule's state, not the model's: checkpoints stay as they were
+    x = torch.randn(8, 64)
+    assert torch.equal(blended(x), plain(x))  # at 1.0 exactly the quantized layer (lerp is exact at its end)
+    latent = blended.weight.detach().double()
+    quantized = plain.compute_weight().detach().double()
+    for strength in (0.0, 0.25, 0.5):
+        set_quantization_strength(blended, strength)
+        want = latent + strength * (quantized - latent)
+        torch.testing.assert_close(blended.compute_weight().double(), want, rtol=0, atol=1e-6)
+        blended.weight.grad = None
+        blended.compute_weight().sum().backward()
+        assert torch.equal(blended.weight.grad, torch.ones_like(blended.weight))  # straight through at every strength
+
+
+def test_compiled_layer_follows_a_changing_strength():
+    """The strength is a buffer changed in place: a compiled model must see each new value."""
+    torch.manual_seed(0)
+    layer = QuantLinear.from_linear(nn.Linear(32, 16, bias=False), format="int4")
+    set_quantization_strength(layer, 0.0)
+    compiled = torch.compile(layer, backend="aot_eager")
+    x = torch.randn(4, 32)
+    torch.testing.assert_close(compiled(x), x @ layer.weight.detach().T)
+    set_quantization_strength(layer, 1.0)
+    torch.testing.assert_close(compiled(x), x @ layer.compute_weight().detach().T)
+    assert not torch.allclose(x @ layer.weight.detach().T, x @ layer.compute_weight().detach().T)

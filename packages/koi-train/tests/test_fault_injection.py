@@ -188,3 +188,19 @@ def test_judging_a_step_late_decides_and_trains_as_judging_it_at_once(prepared, 
     assert ([r["loss"] for r in _records(late.run_dir, "train")] == [r["loss"] for r in _records(now.run_dir, "train")])
     for (name, a), b in zip(late.parts.model.state_dict().items(), now.parts.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_lasting_gradient_spikes_under_clipping_are_applied_not_skipped(prepared, tmp_path, clean):
+    """Gradients that jump and stay up (the same weights give large gradients on every batch: seen in a
+    real 4-layer run at the end of warm-up) must not be skipped step after step into an abort: with
+    clipping on, each spike is recorded and its clipped update applied, and the history follows the new
+    level within a window."""
+    trainer = Trainer(load_dict(_config(prepared, tmp_path, "run", "plain")), tmp_path / "run", log=lambda *_: None)
+    for step in range(10, 35):
+        inject(trainer, "grad_explosion", step)
+    val = trainer.fit()["val_loss"]
+    events = trainer.guard.events
+    assert 1 <= len(events) <= INSTABILITY["window"]
+    assert all(e.action == "clipped" and e.signal == "grad_spike" and 10 <= e.step < 35 for e in events)
+    assert [_comparable(r) for r in _records(tmp_path / "run", "instability")] == [_comparable(e.as_record()) for e in events]
+    assert abs(val - clean["plain"][1]) / clean["plain"][1] < 0.02

@@ -12,7 +12,7 @@ from .activation_sparsity import LowRankPredictor, gathered_mlp, predictor_loss,
 from .formats import FLOAT_FORMATS, FORMATS, NF4_LEVELS, QuantFormat, format_bytes_per_param, get_format
 from .granularity import PER_ROW, PER_TENSOR, Granularity, per_group, per_tile
 from .learned_scale import learned_scale_quantize
-from .modules import QuantLinear, dequantize_, effective_weight, quantize_
+from .modules import QuantLinear, dequantize_, effective_weight, quantize_, set_quantization_strength
 from .packing import pack_bits, pack_trits, unpack_bits, unpack_trits
 from .quantize import QuantizedTensor, fake_quantize, quantize
 from .report import memory_table
@@ -28,6 +28,6 @@ __all__ = [
     "QuantFormat", "QuantLinear", "QuantizedTensor", "SparseLinear", "SparseQuantLinear", "dequantize_", "effective_weight",
     "fake_quantize", "fake_quantize_ste", "format_bytes_per_param", "gathered_mlp", "get_format", "learned_scale_quantize",
     "memory_table", "nm_mask", "pack_bits", "pack_trits", "per_group", "per_tile", "predictor_loss", "quantize", "quantize_",
-    "quantize_activations_int8", "recall", "sparse_layers", "sparsify_", "top_mask", "train_alongside", "unpack_bits",
-    "unpack_trits", "update_masks_",
+    "quantize_activations_int8", "recall", "set_quantization_strength", "sparse_layers", "sparsify_", "top_mask",
+    "train_alongside", "unpack_bits", "unpack_trits", "update_masks_",
 ]

@@ -50,8 +50,15 @@ class QuantLinear(nn.Linear):
     def compute_weight(self) -> torch.Tensor:
         """The quantized weight the forward multiplies by, differentiable to the latent weight (and scale)."""
         if self.weight_scale is not None:
-            return learned_scale_quantize(self.weight, self.weight_scale, self.format.qmax)
-        return fake_quantize_ste(self.weight, self.format, self.granularity)
+            quantized = learned_scale_quantize(self.weight, self.weight_scale, self.format.qmax)
+        else:
+            quantized = fake_quantize_ste(self.weight, self.format, self.granularity)
+        strength = getattr(self, "strength", None)  # set by set_quantization_strength, on subclasses too
+        if strength is None:
+            return quantized
+        # lerp is exact at 1 (it computes from the end for weights >= 0.5), and with the straight-through
+        # quantizer the gradient to the latent weight stays the identity at every strength.
+        return torch.lerp(self.weight, quantized, strength.to(quantized.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.compute_weight()
@@ -61,6 +68,25 @@ class QuantLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, format={self.format.name}, granularity={self.granularity.kind}"
+
+
+def set_quantization_strength(model: nn.Module, strength: float) -> int:
+    """Blend every QuantLinear's weight between its latent value (0.0) and its quantized value (1.0).
+
+    Why: a model that learns its features in full precision first, then moves to its low-bit grid,
+    ends better than one quantized from the first step (at 1.0 the layer is exactly as without
+    this call). The strength lives in a buffer updated in place, so a compiled model does not
+    recompile as it changes. Returns the number of layers set.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            if getattr(module, "strength", None) is None:
+                module.register_buffer("strength", torch.tensor(float(strength), device=module.weight.device), persistent=False)
+            else:
+                module.strength.fill_(float(strength))
+            count += 1
+    return count
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -54,7 +54,9 @@ class InstabilityEvent:
 
     ``action`` is what was done: ``skip`` (the step's update was not applied), ``rollback`` (the
     weights and optimizer state of snapshot ``restored_step`` were restored), ``lr_cut`` (skipped,
-    and the LR is cut for ``instability.lr_cut_steps`` steps) or ``abort``. ``diagnosis`` says
+    and the LR is cut for ``instability.lr_cut_steps`` steps), ``clipped`` (a gradient spike with a
+    normal loss under gradient clipping: the clipped update was applied, the event only recorded)
+    or ``abort``. ``diagnosis`` says
     why: ``batch`` (the weights still do fine on the last healthy batch, so the batch was bad) or
     ``weights`` (they do not, or hold NaN/Inf, so the damage happened in an earlier update).
     """

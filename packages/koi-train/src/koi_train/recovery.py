@@ -56,6 +56,11 @@ class InstabilityGuard:
         return self.icfg.enabled
 
     @property
+    def clipping_bounds_spikes(self) -> bool:
+        """A gradient spike alone is harmless when the update is clipped (and no strict abort was asked for)."""
+        return self.cfg.train.grad_clip > 0 and not self.in_backward and self.icfg.action != "abort"
+
+    @property
     def data_before_step(self) -> dict | None:
         """The data position the current step's batch was drawn from (noted by `before_step`)."""
         return self._data_before_step
@@ -93,7 +98,9 @@ class InstabilityGuard:
         loss, grad_norm = loss.double(), grad_norm.double()
         bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
         if self.enabled:
-            bad = bad | (loss > self.detector.loss_limit()) | (grad_norm > self.detector.grad_limit())
+            bad = bad | (loss > self.detector.loss_limit())
+            if not self.clipping_bounds_spikes:
+                bad = bad | (grad_norm > self.detector.grad_limit())
             pending = self.snapshots.pending
             if pending is not None and pending.finite is not None:
                 bad = bad | ~pending.finite.to(bad.device)
@@ -116,6 +123,12 @@ class InstabilityGuard:
         if pending is not None and not pending.is_finite():
             anomaly = Anomaly("nonfinite_params", math.nan, math.nan)
         anomaly = anomaly or self.detector.check(loss, grad_norm)
+        if anomaly is not None and anomaly.signal == "grad_spike" and self.clipping_bounds_spikes:
+            # Clipping already bounds this update, and the loss is fine. Skipping it would stall a run whose
+            # gradients legitimately jumped (the same weights give the same large gradients on every next
+            # batch: skip after skip, then an abort), so it is applied, recorded, and joins the history.
+            self._record(InstabilityEvent(step, anomaly.signal, anomaly.value, anomaly.threshold, "clipped"))
+            anomaly = None
         if anomaly is None:
             self.snapshots.warm_up()  # from the first step with optimizer state on: pins snapshot buffers off the step
             self.detector.accept(loss, grad_norm)

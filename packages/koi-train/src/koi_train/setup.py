@@ -23,6 +23,7 @@ from .objective import NextTokenLoss
 from .optim import OptimizerSet, build_optimizer, hidden_matrices
 from .optim_in_backward import check_compatible
 from .prepare import prepare_data
+from .quant_warmup import QuantWarmup
 from .quantize import apply_precision_plan
 from .regional_compile import compile_blocks
 from .remat import apply_remat
@@ -45,6 +46,7 @@ class RunParts:
     mixture: ExpertMixture | None = None
     sparsity: SparseTraining | None = None
     memory: MemoryEstimate | None = None  # the start-of-run estimate of peak device memory
+    quant_warmup: QuantWarmup | None = None  # full precision first, then the plan's formats
 
 
 def pick_device(name: str) -> torch.device:
@@ -94,6 +96,10 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
                                rank=dist.rank, world_size=dist.world_size, pin_memory=device.type == "cuda")
 
     report += apply_precision_plan(model, cfg.precision)
+    quant_warmup = None
+    if QuantWarmup.wanted(cfg.precision):  # its buffers must exist before the model moves and compiles
+        quant_warmup = QuantWarmup(model, cfg.precision, cfg.train.steps)
+        report.append(quant_warmup.report())
     sparsity, sparsity_report = apply_sparsity(model, cfg.sparsity, cfg.precision)
     report += sparsity_report
     wrapped = apply_remat(model, cfg.remat.mode)
@@ -153,4 +159,4 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
                   f"{sum(len(s) for s in val_shards):,} val tokens; device {device}"
                   + (f"; {cfg.distributed.strategy} over {dist.world_size} processes" if dist.active else ""))
     return RunParts(device, autocast, model, objective, optimizer, train_data,
-                    val_shards, tokenizer, block_size, params, report, mixture, sparsity, memory)
+                    val_shards, tokenizer, block_size, params, report, mixture, sparsity, memory, quant_warmup)

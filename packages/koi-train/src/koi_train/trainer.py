@@ -252,6 +252,8 @@ class Trainer:
             metrics.write({"kind": "memory_estimate", "step": 0, "total_gib": p.memory.total / 2**30,
                            **{f"{k}_gib": v / 2**30 for k, v in vars(p.memory).items()}})
         p.model.train()
+        if p.quant_warmup is not None:  # also right for a finished run resumed only to evaluate: quantized
+            p.quant_warmup.before_step(min(self.step, cfg.train.steps - 1))
         self.guard.begin(metrics, self.step)
         interrupt = DeferredInterrupt().__enter__()  # Ctrl-C waits for a step boundary (see interrupt.py)
         try:
@@ -263,6 +265,8 @@ class Trainer:
                 self.guard.before_step(self.step)
                 if p.sparsity is not None:  # 2:4 masks: dense first, then recomputed on schedule
                     p.sparsity.before_step(self.step)
+                if p.quant_warmup is not None:  # full precision first, then the plan's formats
+                    p.quant_warmup.before_step(self.step)
                 loss_t, norm_t = self.train_step()
                 if self.judge_late:
                     if self._settle():  # the previous step rolled the weights back: this one ran on discarded weights

@@ -83,6 +83,8 @@ class PrecisionConfig:
     learnable_scales: bool = False
     fp8_matmul: bool = False
     fp8_scaling: str = "row"
+    quantize_after: float = 0.0
+    quantize_ramp: float = 0.0
 
 
 @dataclass(frozen=True)
