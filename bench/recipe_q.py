@@ -165,6 +165,9 @@ def main() -> None:
             except Exception as exc:  # a failed run is reported; the others go on
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
                 print(f"{fmt:<10} seed {seed}: FAILED {row['error']}", flush=True)
+                log_file = Path(f"{run_dir}.log")
+                if log_file.exists():  # the run's own last words, since its folder is a temporary one
+                    print("    " + "\n    ".join(log_file.read_text().splitlines()[-6:]), flush=True)
             with (out / "recipe_q.jsonl").open("a") as f:
                 f.write(json.dumps({**row, "date": time.strftime("%Y-%m-%d")}) + "\n")
         time.sleep(2)
