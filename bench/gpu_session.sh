@@ -2,7 +2,7 @@
 # One lent-GPU session in one script: install what the machine lacks, then run the named stages,
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
-# Stages: setup, parity, tests, train_tests, smoke, speed, profile, quality, sparsity. Offline machines need the wheels in .carry/whl
+# Stages: setup, parity, tests, train_tests, smoke, speed, profile, quality, mixture, sparsity. Offline machines need the wheels in .carry/whl
 # (jsonschema and friends, hatchling and editables, nox) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -52,13 +52,18 @@ stage_speed() {
 stage_quality() {  # recipe Q per format and seed (issue 19); about 5 runs at a time per card, over KOI_GPUS
   timeout "${KOI_QUALITY_TIMEOUT:-580}" python3 bench/recipe_q.py --formats "${KOI_FORMATS:-bf16,int8,int4,ternary,binary}" \
     --seeds "${KOI_SEEDS:-1}" --optimizer "${KOI_OPTIMIZER:-muon}" --model "${KOI_MODEL:-gpt2}" --gpus "${KOI_GPUS:-0}" \
-    --parallel "${KOI_PARALLEL:-5}" \
+    --parallel "${KOI_PARALLEL:-5}" $(for v in ${KOI_VARIANTS:-}; do printf -- "--variant %s " "$v"; done) \
     2>&1 | tee -a "$logs/recipe_q.log"
 }
 
 stage_profile() {  # issue 20: wall vs GPU-kernel time per step, host reads, top kernels (about 2 minutes)
   timeout "${KOI_PROFILE_TIMEOUT:-300}" python3 bench/profile_step.py --side reference --side koi --warmup 15 --steps 10 2>&1 \
     | grep -v USDT | tee "$logs/profile.log"
+}
+
+stage_mixture() {  # issue 24: full depth against 2 and 4 experts (pso, pso_ga), equal tokens then equal wall time
+  timeout "${KOI_MIXTURE_TIMEOUT:-580}" python3 bench/mixture.py --budget "${KOI_MIXTURE_BUDGET:-both}" \
+    --parallel "${KOI_PARALLEL:-5}" 2>&1 | tee -a "$logs/mixture.log"
 }
 
 stage_sparsity() {  # issue 27: 2:4 matmuls, gathered MLPs, whole steps with sparse sides (about 6 minutes)

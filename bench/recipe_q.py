@@ -10,6 +10,7 @@ seeds and each format's ratio to bf16 under the same optimizer.
 
     python bench/recipe_q.py --formats bf16,int4,ternary --seeds 1,2,3 --optimizer muon
     python bench/recipe_q.py --formats bf16,ternary,ternary+wu0.5/0.2 --seeds 1,2   # +wu: quantization warm-up
+    python bench/recipe_q.py --formats bf16 --variant wsd:train.schedule=wsd --variant emb:optimizer.embedding_lr=0.006
     python bench/recipe_q.py --formats bf16 --seeds 1 --steps 50          # a quick check of the script
 """
 
@@ -102,21 +103,27 @@ def prepare(work: Path) -> Path:
     return shards
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``name:key=value,key=value`` -> (name, the `koi-train run --set` overrides)."""
+    name, _, overrides = text.partition(":")
+    return name, [o for o in overrides.split(",") if o]
+
+
 def summarize(rows: list[dict]) -> None:
-    print(f"\n{'format':<10}{'optimizer':<10}{'seeds':>6}{'linuxdocs-val':>22}{'pydocs-val':>22}{'ratio to bf16':>16}")
-    groups: dict[tuple[str, str], list[dict]] = {}
+    print(f"\n{'variant':<12}{'format':<20}{'optimizer':<10}{'seeds':>6}{'linuxdocs-val':>22}{'pydocs-val':>22}{'ratio to bf16':>18}")
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["format"], row["optimizer"]), []).append(row)
+        groups.setdefault((row.get("variant", "base"), row["format"], row["optimizer"]), []).append(row)
     means = {key: [float(np.mean([r[f] for r in group])) for f in VAL_FILES] for key, group in groups.items()}
-    for (fmt, opt), group in groups.items():
+    for (variant, fmt, opt), group in groups.items():
         cells = []
         for f in VAL_FILES:
             values = [r[f] for r in group]
             sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
             cells.append(f"{np.mean(values):.3f} +- {sd:.3f}" if not math.isnan(sd) else f"{values[0]:.3f}")
-        bf16 = means.get(("bf16", opt))
-        ratio = " / ".join(f"{m / b:.3f}x" for m, b in zip(means[(fmt, opt)], bf16)) if bf16 else "-"
-        print(f"{fmt:<10}{opt:<10}{len(group):>6}{cells[0]:>22}{cells[1]:>22}{ratio:>16}")
+        bf16 = means.get((variant, "bf16", opt))
+        ratio = " / ".join(f"{m / b:.3f}x" for m, b in zip(means[(variant, fmt, opt)], bf16)) if bf16 else "-"
+        print(f"{variant:<12}{fmt:<20}{opt:<10}{len(group):>6}{cells[0]:>22}{cells[1]:>22}{ratio:>18}")
 
 
 def main() -> None:
@@ -128,40 +135,46 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=5, help="runs sharing each card at once")
     parser.add_argument("--gpus", default="0", help="cards to spread runs over, e.g. 2,3")
     parser.add_argument("--model", choices=list(MODELS), default="gpt2")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="name:key=value,... run every format and seed again with these config overrides (repeatable)")
     args = parser.parse_args()
+    variants = [parse_variant(v) for v in args.variant] or [("base", [])]
     out = Path(os.environ.get("OUT", REPO / "bench" / "results"))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="koi-recipe-q-"))
     shards = prepare(work)
     print(f"recipe Q: {args.model}, {args.steps} steps of 16x1024, optimizer {args.optimizer}, data {shared_data()}", flush=True)
     gpus = args.gpus.split(",")
-    queue = [(fmt, int(seed)) for seed in args.seeds.split(",") for fmt in args.formats.split(",")]
-    running: list[tuple[str, int, subprocess.Popen, Path, str]] = []
+    queue = [(fmt, int(seed), variant) for seed in args.seeds.split(",") for variant in variants for fmt in args.formats.split(",")]
+    running: list[tuple[str, int, subprocess.Popen, Path, str, str]] = []
     rows = []
     while queue or running:
         while queue and len(running) < args.parallel * len(gpus):
-            fmt, seed = queue.pop(0)
-            name = f"{args.model}-{fmt.replace('+', '-').replace('/', '-')}-{args.optimizer}-s{seed}"
+            fmt, seed, (variant, overrides) = queue.pop(0)
+            name = f"{args.model}-{variant}-{fmt.replace('+', '-').replace('/', '-')}-{args.optimizer}-s{seed}"
             path = work / f"{name}.json"
             path.write_text(json.dumps(config(name, fmt, seed, args.optimizer, args.steps, shards, work, args.model)))
             log = (work / f"{name}.log").open("w")
             busy = [entry[4] for entry in running]
             gpu = min(gpus, key=busy.count)  # the card with the fewest runs
-            proc = subprocess.Popen([sys.executable, "-m", "koi_train", "run", str(path)], stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
-            running.append((fmt, seed, proc, work / name, gpu))
+            sets = [arg for override in overrides for arg in ("--set", override)]
+            proc = subprocess.Popen([sys.executable, "-m", "koi_train", "run", str(path), *sets], stdout=log,
+                                    stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
+            running.append((fmt, seed, proc, work / name, gpu, variant))
         for entry in list(running):
-            fmt, seed, proc, run_dir, _ = entry
+            fmt, seed, proc, run_dir, _, variant = entry
             if proc.poll() is None:
                 continue
             running.remove(entry)
-            row = {"model": args.model, "format": fmt, "seed": seed, "optimizer": args.optimizer, "steps": args.steps}
+            row = {"model": args.model, "variant": variant, "format": fmt, "seed": seed, "optimizer": args.optimizer,
+                   "steps": args.steps}
             try:
                 if proc.returncode != 0:
                     raise RuntimeError(f"koi-train run exited {proc.returncode}; log {run_dir}.log")
                 row.update({f: val_loss(run_dir, shards / f) for f in VAL_FILES})
                 rows.append(row)
-                print(f"{args.model:<6}{fmt:<10} seed {seed}: " + "  ".join(f"{f} {row[f]:.4f}" for f in VAL_FILES), flush=True)
+                print(f"{args.model:<6}{variant:<12}{fmt:<20} seed {seed}: " + "  ".join(f"{f} {row[f]:.4f}" for f in VAL_FILES),
+                      flush=True)
             except Exception as exc:  # a failed run is reported; the others go on
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
                 print(f"{fmt:<10} seed {seed}: FAILED {row['error']}", flush=True)

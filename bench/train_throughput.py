@@ -43,6 +43,8 @@ MLPS = "transformer.h.*.mlp.*"
 KOI_SIDES = {
     "koi": {},
     "koi-eager": {"train": {"compile": False}},
+    "koi-nodetect": {"instability": {"enabled": False}},  # the cost of instability detection: koi against this
+    "koi-autotune": {"train": {"compile_mode": "max-autotune-no-cudagraphs"}},
     "koi-remat": {"remat": {"mode": "full"}},
     "koi-fp8": {"precision": {"plan": {BLOCKS: "fp8"}, "fp8_matmul": True, "fp8_scaling": "row"}},
     "koi-fp8-tile": {"precision": {"plan": {BLOCKS: "fp8"}, "fp8_matmul": True, "fp8_scaling": "tile"}},

@@ -247,3 +247,31 @@ def test_a_plan_for_the_output_head_is_refused(prepared, tmp_path):
     raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": "int4", "lm_head": "int4"}})
     with pytest.raises(ConfigError, match=r"precision.plan.lm_head: matches the output head 'lm_head'"):
         Trainer(load_dict(raw), tmp_path / "run", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("optimizer,extra", [("adamw", {}), ("muon", {}), ("adamw", {"optimizer_in_backward": True, "grad_clip": 0})])
+def test_embedding_lr_gives_embeddings_and_head_their_own_peak_lr(prepared, tmp_path, optimizer, extra):
+    raw = tiny_config(prepared, tmp_path, optimizer={"name": optimizer, "embedding_lr": 0.05}, train={"steps": 3, **extra})
+    trainer = Trainer(load_dict(raw), tmp_path / "run", log=lambda *_: None)
+    model = trainer.parts.model
+    embeddings = {id(model.transformer.wte.weight), id(model.transformer.wpe.weight), id(model.output_head.weight)}
+    base_lr = {id(p): g["base_lr"] for opt in trainer.parts.optimizer.optimizers for g in opt.param_groups for p in g["params"]}
+    assert {base_lr[i] for i in embeddings} == {0.05}
+    others = {lr for i, lr in base_lr.items() if i not in embeddings}
+    assert 0.05 not in others and raw["train"]["lr"] in others
+    trainer.fit()  # and the schedule drives both groups alike
+    ratios = {round(g["lr"] / g["base_lr"], 12) for opt in trainer.parts.optimizer.optimizers for g in opt.param_groups}
+    assert len(ratios) == 1
+
+
+def test_compile_mode_reaches_torch_compile(prepared, tmp_path, monkeypatch):
+    from koi_train import setup as setup_module
+
+    seen = []
+    monkeypatch.setattr(setup_module.torch, "compile", lambda module, **options: seen.append(options) or module)
+    raw = tiny_config(prepared, tmp_path, train={"compile": True, "compile_mode": "max-autotune-no-cudagraphs"})
+    Trainer(load_dict(raw), tmp_path / "run", log=lambda *_: None)
+    assert seen == [{"mode": "max-autotune-no-cudagraphs"}]
+    with pytest.raises(ConfigError) as err:
+        load_dict(tiny_config(prepared, tmp_path, train={"compile_mode": "fastest"}))
+    assert err.value.path == "train.compile_mode"

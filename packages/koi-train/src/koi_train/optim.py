@@ -87,9 +87,26 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.blocks.parameters() if p.ndim == 2 and p.requires_grad]
 
 
+def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Token and position embeddings and the output head (often the same tensor as the token embedding)."""
+    found = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)] + [model.output_head.weight]
+    unique = {id(p): p for p in found if p.requires_grad}
+    return list(unique.values())
+
+
+def with_embedding_lr(params: list[nn.Parameter], embeddings: set[int], embedding_lr: float | None) -> list:
+    """``params`` as it is, or as two param groups: the rest at the optimizer's LR, the embeddings at ``embedding_lr``."""
+    if embedding_lr is None:
+        return params
+    groups = [{"params": [p for p in params if id(p) not in embeddings]},
+              {"params": [p for p in params if id(p) in embeddings], "lr": embedding_lr}]
+    return [g for g in groups if g["params"]]
+
+
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, device: torch.device,
                     in_backward: bool = False) -> OptimizerSet:
     params = [p for p in model.parameters() if p.requires_grad]
+    embeddings = {id(p) for p in embedding_parameters(model)}
     fused = device.type in ("cuda", "cpu")  # fused AdamW can skip an update on a device flag (late_judging.py)
     if cfg.weights == "bf16" and cfg.name not in ("adamw", "adamw8bit"):
         # Only Koi's fused AdamW and 8-bit AdamW round bf16 weights stochastically; any other step
@@ -106,8 +123,12 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, device: t
         else:
             kind = AdamW8bit if cfg.name == "adamw8bit" else torch.optim.AdamW
             extra = {"fused": fused} if kind is torch.optim.AdamW else {}
-        return BackwardOptimizer(model, lambda p: kind([p], lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                                                       **extra))
+        def lr_of(p: nn.Parameter) -> float:
+            return cfg.embedding_lr if cfg.embedding_lr is not None and id(p) in embeddings else lr
+
+        return BackwardOptimizer(model, lambda p: kind([p], lr=lr_of(p), betas=cfg.betas, eps=cfg.eps,
+                                                       weight_decay=cfg.weight_decay, **extra))
+    params = with_embedding_lr(params, embeddings, cfg.embedding_lr)
     if cfg.weights == "bf16" and cfg.name == "adamw":
         return OptimizerSet([FusedAdamW(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])
     if cfg.name == "adamw8bit":
@@ -117,7 +138,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, device: t
     if cfg.name == "muon":
         matrices = hidden_matrices(model)
         chosen = {id(p) for p in matrices}
-        rest = [p for p in params if id(p) not in chosen]
+        rest = with_embedding_lr([p for p in model.parameters() if p.requires_grad and id(p) not in chosen], embeddings,
+                                 cfg.embedding_lr)
         return OptimizerSet([
             Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum, ns_steps=cfg.muon_ns_steps),
             torch.optim.AdamW(rest, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused),

@@ -120,15 +120,16 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     if compiled and cfg.train.optimizer_in_backward:
         # A whole-objective graph hands back all gradients at once: the in-backward step would save nothing.
         compiled = False
-        report.append(f"compile: on, per block ({compile_blocks(model)} blocks; train.optimizer_in_backward frees each "
+        blocks = compile_blocks(model, mode=cfg.train.compile_mode)
+        report.append(f"compile: on, per block ({blocks} blocks; train.optimizer_in_backward frees each "
                       "block's gradients as its backward ends); the first steps compile and take a minute")
     elif compiled:
         report.append("compile: on (train.compile); the first steps compile the objective and take a minute")
     if cfg.distributed.strategy == "fsdp":  # shard first, then compile the sharded blocks
         objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
-        objective = torch.compile(objective) if compiled else objective
+        objective = torch.compile(objective, mode=cfg.train.compile_mode) if compiled else objective
     else:  # compile, then replicate (DDP hooks see the compiled graph's buckets)
-        objective = torch.compile(objective) if compiled else objective
+        objective = torch.compile(objective, mode=cfg.train.compile_mode) if compiled else objective
         objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
     if cfg.train.optimizer_in_backward:
         check_compatible(cfg)

@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool | str = "auto"  # "auto": on CUDA only
+    compile_mode: str = "default"
     log_every: int = 10
 
 
@@ -69,6 +70,7 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
+    embedding_lr: float | None = None
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
     muon_ns_steps: int = 5

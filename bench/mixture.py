@@ -1,0 +1,181 @@
+"""Does training N shallow experts beat training the full-depth model on the same budget? (issue 24)
+
+Recipe Q's corpus and GPT-2 124M (`bench/recipe_q.py`): the full-depth model against expert
+mixtures of the same total size (2 experts of 6 layers, 4 of 3; methods pso and pso_ga), every
+other setting at its default (instability detection on). Two budgets:
+
+- equal tokens: every run sees recipe Q's 700 x 16 x 1024 tokens;
+- equal wall time: a mixture step trains 1/N of the blocks, so it is cheaper; each mixture run gets
+  as many steps as the full-depth run's training time buys at the mixture's own measured rate
+  (from its equal-tokens run).
+
+Scored per val file on every non-overlapping 1024-token window: the full model; each expert (the
+best one is reported) and the ensemble that averages all experts' logits. Also peak GiB and
+tokens/s from the runs' metrics, and tokens/s per trained parameter. Each run is a `koi-train run`
+process; runs share the card (time speed with train_throughput.py, not here: the equal-time
+phase uses rates measured while sharing, which favours nobody). Rows print as runs finish and land
+in $OUT/mixture.jsonl.
+
+    python bench/mixture.py                       # both budgets, seed 1
+    python bench/mixture.py --budget tokens --experts 2 --steps 60     # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from recipe_q import VAL_FILES, config, prepare  # noqa: E402
+
+
+def run_config(name: str, experts: int, method: str, steps: int, seed: int, optimizer: str, shards: Path, work: Path) -> dict:
+    cfg = config(name, "bf16", seed, optimizer, steps, shards, work)
+    if experts > 1:
+        cfg["mixture"] = {"experts": experts, "switch": 50, "method": method}
+    return cfg
+
+
+@torch.no_grad()
+def val_losses(models: list[torch.nn.Module], shard: Path) -> list[float]:
+    """Mean CE of each model and (with several) of their logit average, on every 1024-window of one val file."""
+    from koi_tokenizer import read_shard
+
+    tokens = np.concatenate([read_shard(p) for p in sorted(shard.glob("*_train_*.bin"))]).astype(np.int64)
+    windows = (len(tokens) - 1) // 1024
+    totals, count = [0.0] * (len(models) + (len(models) > 1)), 0
+    for start in range(0, windows, 16):
+        rows = range(start, min(windows, start + 16))
+        x = torch.stack([torch.from_numpy(tokens[r * 1024 : r * 1024 + 1024]) for r in rows]).cuda()
+        y = torch.stack([torch.from_numpy(tokens[r * 1024 + 1 : r * 1024 + 1025]) for r in rows]).cuda().flatten()
+        mean = None
+        for k, model in enumerate(models):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(x).float().flatten(0, 1)
+            totals[k] += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            mean = logits / len(models) if mean is None else mean + logits / len(models)
+        if len(models) > 1:
+            totals[-1] += float(torch.nn.functional.cross_entropy(mean, y, reduction="sum"))
+        count += y.numel()
+    return [t / count for t in totals]
+
+
+def score(run_dir: Path, experts: int, shards: Path) -> dict:
+    from koi_train.load_model import load_trained_model
+
+    models = [load_trained_model(str(run_dir), expert=k if experts > 1 else None).cuda().eval() for k in range(max(experts, 1))]
+    result = {}
+    for name in VAL_FILES:
+        losses = val_losses(models, shards / name)
+        if experts > 1:
+            best = min(range(experts), key=losses.__getitem__)
+            result[name] = {"best": losses[best], "best_expert": best, "experts": losses[:experts], "ensemble": losses[-1]}
+        else:
+            result[name] = {"best": losses[0]}
+    return result
+
+
+def run_stats(run_dir: Path) -> dict:
+    """Training rate (median over progress records after the first, which holds compilation) and peak memory."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    summary = next(r for r in records if r["kind"] == "summary")
+    rates = [r["tokens_per_s"] for r in train[1:]] or [r["tokens_per_s"] for r in train]
+    return {"tokens_per_s": float(np.median(rates)), "peak_gib": max((r.get("peak_memory_gib", 0.0) for r in train), default=0.0),
+            "trained_parameters": summary["parameters_trained"], "parameters": summary["parameters"]}
+
+
+def launch(cases: list[dict], shards: Path, work: Path, parallel: int, out: Path) -> list[dict]:
+    """Run every case as its own `koi-train run`, ``parallel`` at a time; score each as it ends."""
+    queue, running, rows = list(cases), [], []
+    while queue or running:
+        while queue and len(running) < parallel:
+            case = queue.pop(0)
+            path = work / f"{case['name']}.json"
+            path.write_text(json.dumps(run_config(case["name"], case["experts"], case["method"], case["steps"], case["seed"],
+                                                  case["optimizer"], shards, work)))
+            log = (work / f"{case['name']}.log").open("w")
+            running.append((case, subprocess.Popen([sys.executable, "-m", "koi_train", "run", str(path)], stdout=log,
+                                                   stderr=subprocess.STDOUT)))
+        for entry in list(running):
+            case, proc = entry
+            if proc.poll() is None:
+                continue
+            running.remove(entry)
+            row = dict(case)
+            try:
+                if proc.returncode != 0:
+                    tail = "\n    ".join((work / f"{case['name']}.log").read_text().splitlines()[-6:])
+                    raise RuntimeError(f"koi-train run exited {proc.returncode}:\n    {tail}")
+                run_dir = work / case["name"]
+                row.update(run_stats(run_dir))
+                row["tokens_per_s_per_trained_million"] = row["tokens_per_s"] / (row["trained_parameters"] / 1e6)
+                row["val"] = score(run_dir, case["experts"], shards)
+                rows.append(row)
+                print(line(row), flush=True)
+            except Exception as exc:  # a failed run is reported; the others go on
+                row["error"] = f"{type(exc).__name__}: {exc}"[:800]
+                print(f"{case['name']}: FAILED {row['error']}", flush=True)
+            with (out / "mixture.jsonl").open("a") as f:
+                f.write(json.dumps({**row, "date": time.strftime("%Y-%m-%d")}) + "\n")
+        time.sleep(2)
+    return rows
+
+
+def line(row: dict) -> str:
+    cells = []
+    for name in VAL_FILES:
+        v = row["val"][name]
+        cells.append(f"{v['best']:.4f}" + (f" (ens {v['ensemble']:.4f})" if "ensemble" in v else ""))
+    return (f"{row['budget']:<7}{row['label']:<16}{row['steps']:>6}  " + "  ".join(f"{c:<22}" for c in cells)
+            + f"{row['tokens_per_s']:>11,.0f}{row['peak_gib']:>9.2f}{row['tokens_per_s_per_trained_million']:>10,.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", choices=["tokens", "time", "both"], default="both")
+    parser.add_argument("--experts", default="2,4")
+    parser.add_argument("--methods", default="pso,pso_ga")
+    parser.add_argument("--steps", type=int, default=700, help="the full-depth run's steps (recipe Q: 700)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--optimizer", default="muon", help="Koi's best for full depth (bench/recipe_q.py's OPTIMIZERS)")
+    parser.add_argument("--parallel", type=int, default=5, help="runs sharing the card at once")
+    args = parser.parse_args()
+    out = Path(os.environ.get("OUT", REPO / "bench" / "results"))
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="koi-mixture-"))
+    shards = prepare(work)
+    mixtures = [(int(e), m) for e in args.experts.split(",") for m in args.methods.split(",")]
+
+    def case(budget: str, experts: int, method: str, steps: int) -> dict:
+        label = "full depth" if experts <= 1 else f"{experts} x {12 // experts} {method}"
+        name = f"{budget}-{'full' if experts <= 1 else f'e{experts}-{method}'}-s{args.seed}"
+        return {"name": name, "budget": budget, "label": label, "experts": experts, "method": method, "steps": steps,
+                "seed": args.seed, "optimizer": args.optimizer}
+
+    print(f"{'budget':<7}{'run':<16}{'steps':>6}  " + "  ".join(f"{f + ' (best)':<22}" for f in VAL_FILES)
+          + f"{'tok/s':>11}{'peak GiB':>9}{'tok/s/M':>10}", flush=True)
+    equal_tokens = launch([case("tokens", 1, "-", args.steps)] + [case("tokens", e, m, args.steps) for e, m in mixtures],
+                          shards, work, args.parallel, out)
+    if args.budget in ("time", "both"):
+        full = next((r for r in equal_tokens if r["experts"] <= 1), None)
+        if full is None:
+            print("equal wall time: needs the full-depth run's rate, which failed", flush=True)
+            return
+        cases = [case("time", r["experts"], r["method"], round(args.steps * r["tokens_per_s"] / full["tokens_per_s"]))
+                 for r in equal_tokens if r["experts"] > 1]
+        launch(cases, shards, work, args.parallel, out)
+
+
+if __name__ == "__main__":
+    main()
