@@ -2,7 +2,7 @@
 # One lent-GPU session in one script: install what the machine lacks, then run the named stages,
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
-# Stages: setup, parity, tests, train_tests, smoke, speed, profile, quality, mixture, sparsity. Offline machines need the wheels in .carry/whl
+# Stages: setup, parity, tests, train_tests, smoke, speed, profile, profile_lowmem, quality, mixture, sparsity. Offline machines need the wheels in .carry/whl
 # (jsonschema and friends, hatchling and editables, nox) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +64,11 @@ stage_profile() {  # issue 20: wall vs GPU-kernel time per step, host reads, top
 stage_mixture() {  # issue 24: full depth against 2 and 4 experts (pso, pso_ga), equal tokens then equal wall time
   timeout "${KOI_MIXTURE_TIMEOUT:-580}" python3 bench/mixture.py --budget "${KOI_MIXTURE_BUDGET:-both}" \
     --parallel "${KOI_PARALLEL:-5}" 2>&1 | tee -a "$logs/mixture.log"
+}
+
+stage_profile_lowmem() {  # issue 21: where the 1558M low-memory step loses its time (about 8 minutes, three compiles)
+  timeout "${KOI_PROFILE_TIMEOUT:-560}" python3 bench/profile_step.py --case 1558M-remat --side reference --side koi-remat \
+    --side koi-lowmem --warmup 5 --steps 3 2>&1 | grep -v USDT | tee "$logs/profile_lowmem.log"
 }
 
 stage_sparsity() {  # issue 27: 2:4 matmuls, gathered MLPs, whole steps with sparse sides (about 6 minutes)

@@ -51,7 +51,7 @@ def summarize(name: str, prof, steps: int, seconds: float, top: int) -> dict:
 
 
 def profile_reference(case: str, warmup: int, steps: int, top: int) -> dict:
-    reference = ReferenceRun(case, remat=False, batches=warmup + steps)
+    reference = ReferenceRun(case, remat=case.endswith("-remat"), batches=warmup + steps)  # checkpointed where its case is
     for i in range(warmup):
         reference.step(i)
     torch.cuda.synchronize()
