@@ -46,9 +46,12 @@ class BackwardOptimizer(OptimizerSet):
 
     def _hook(self, opt: torch.optim.Optimizer):
         def step_now(p: torch.Tensor) -> None:
-            self._squared_norm += p.grad.detach().float().pow(2).sum().to(self._squared_norm.device)
+            # Host time matters here: this runs once per parameter per step (about 580 times at 1558M),
+            # so one norm kernel instead of four, and the gradient freed directly rather than through
+            # Optimizer.zero_grad's bookkeeping (about 30 us a call).
+            self._squared_norm.add_(torch.linalg.vector_norm(p.grad, dtype=torch.float32).square())
             opt.step()
-            opt.zero_grad(set_to_none=True)
+            p.grad = None
         return step_now
 
     def take_grad_norm(self) -> torch.Tensor:
