@@ -32,11 +32,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from recipe_q import VAL_FILES, config, prepare  # noqa: E402
+from recipe_q import VAL_FILES, config, prepare, val_losses  # noqa: E402
 
 
 def run_config(name: str, experts: int, method: str, steps: int, seed: int, optimizer: str, shards: Path, work: Path) -> dict:
@@ -44,30 +43,6 @@ def run_config(name: str, experts: int, method: str, steps: int, seed: int, opti
     if experts > 1:
         cfg["mixture"] = {"experts": experts, "switch": 50, "method": method}
     return cfg
-
-
-@torch.no_grad()
-def val_losses(models: list[torch.nn.Module], shard: Path) -> list[float]:
-    """Mean CE of each model and (with several) of their logit average, on every 1024-window of one val file."""
-    from koi_tokenizer import read_shard
-
-    tokens = np.concatenate([read_shard(p) for p in sorted(shard.glob("*_train_*.bin"))]).astype(np.int64)
-    windows = (len(tokens) - 1) // 1024
-    totals, count = [0.0] * (len(models) + (len(models) > 1)), 0
-    for start in range(0, windows, 16):
-        rows = range(start, min(windows, start + 16))
-        x = torch.stack([torch.from_numpy(tokens[r * 1024 : r * 1024 + 1024]) for r in rows]).cuda()
-        y = torch.stack([torch.from_numpy(tokens[r * 1024 + 1 : r * 1024 + 1025]) for r in rows]).cuda().flatten()
-        mean = None
-        for k, model in enumerate(models):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = model(x).float().flatten(0, 1)
-            totals[k] += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-            mean = logits / len(models) if mean is None else mean + logits / len(models)
-        if len(models) > 1:
-            totals[-1] += float(torch.nn.functional.cross_entropy(mean, y, reduction="sum"))
-        count += y.numel()
-    return [t / count for t in totals]
 
 
 def score(run_dir: Path, experts: int, shards: Path) -> dict:

@@ -74,25 +74,37 @@ def config(name: str, spec: str, seed: int, optimizer: str, steps: int, shards: 
     }
 
 
-@torch.no_grad()
 def val_loss(run_dir: Path, shard: Path) -> float:
     """Mean CE over all non-overlapping 1024-token windows of one val file, bf16 autocast, as trained."""
-    from koi_tokenizer import read_shard
     from koi_train.load_model import load_trained_model
 
-    model = load_trained_model(str(run_dir)).cuda().eval()
+    return val_losses([load_trained_model(str(run_dir)).cuda().eval()], shard)[0]
+
+
+@torch.no_grad()
+def val_losses(models: list[torch.nn.Module], shard: Path) -> list[float]:
+    """Mean CE of each model on every non-overlapping 1024-token window of one val file and, with
+    several models, of the average of their logits (the ensemble) last."""
+    from koi_tokenizer import read_shard
+
     tokens = np.concatenate([read_shard(p) for p in sorted(shard.glob("*_train_*.bin"))]).astype(np.int64)
     windows = (len(tokens) - 1) // 1024
-    total, count = 0.0, 0
+    totals, count = [0.0] * (len(models) + (len(models) > 1)), 0
     for start in range(0, windows, 16):
         rows = range(start, min(windows, start + 16))
         x = torch.stack([torch.from_numpy(tokens[r * 1024 : r * 1024 + 1024]) for r in rows]).cuda()
-        y = torch.stack([torch.from_numpy(tokens[r * 1024 + 1 : r * 1024 + 1025]) for r in rows]).cuda()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(x)
-        total += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
+        y = torch.stack([torch.from_numpy(tokens[r * 1024 + 1 : r * 1024 + 1025]) for r in rows]).cuda().flatten()
+        mean = None
+        for k, model in enumerate(models):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(x).float().flatten(0, 1)
+            totals[k] += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            if len(models) > 1:
+                mean = logits / len(models) if mean is None else mean + logits / len(models)
+        if mean is not None:
+            totals[-1] += float(torch.nn.functional.cross_entropy(mean, y, reduction="sum"))
         count += y.numel()
-    return total / count
+    return [t / count for t in totals]
 
 
 def prepare(work: Path) -> Path:

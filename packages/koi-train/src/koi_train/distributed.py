@@ -98,11 +98,10 @@ def fsdp_runs_off_cuda() -> bool:
 
 
 def mean_across_ranks(value: float, info: DistInfo, device: torch.device) -> float:
+    """`mean_on_device` of a host number, read back (a host sync)."""
     if not info.active:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t) / info.world_size
+    return float(mean_on_device(torch.tensor(value, dtype=torch.float64, device=device), info))
 
 
 def mean_on_device(value: torch.Tensor, info: DistInfo) -> torch.Tensor:

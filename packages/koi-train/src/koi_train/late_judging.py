@@ -48,7 +48,7 @@ class StepInFlight:
     """A step whose update is launched but whose numbers the host has not read yet."""
 
     step: int
-    values: torch.Tensor  # (loss, grad norm, skipped) as float64, in host memory once `ready` has passed
+    values: torch.Tensor  # (loss, grad norm) as float64, in host memory once `ready` has passed
     ready: torch.cuda.Event | None
     data_before: dict  # the data position its batch was drawn from: the replay test needs it
     lr: float
@@ -57,25 +57,20 @@ class StepInFlight:
         """(loss, grad norm); waits only for this step's copy, which finished long before on a busy GPU."""
         if self.ready is not None:
             self.ready.synchronize()
-        loss, grad_norm, _ = self.values.tolist()
+        loss, grad_norm = self.values.tolist()
         return loss, grad_norm
 
 
 class LateReads:
-    """Copies each step's numbers to one of two reused pinned buffers (one in flight, one being filled)."""
+    """Copies each step's numbers to one reused pinned buffer: a step is always read before the next is launched."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device = device
-        pinned = device.type == "cuda"
-        self._buffers = [torch.empty(3, dtype=torch.float64, pin_memory=pinned) for _ in range(2)]
-        self._next = 0
+        self._host = torch.empty(2, dtype=torch.float64, pin_memory=device.type == "cuda")
 
-    def launch(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, skip: torch.Tensor | None,
-               data_before: dict, lr: float) -> StepInFlight:
-        values = torch.stack([loss.double(), grad_norm.double().to(loss.device),
-                              skip.double() if skip is not None else torch.zeros((), dtype=torch.float64, device=loss.device)])
-        host = self._buffers[self._next]
-        self._next ^= 1
+    def launch(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, data_before: dict, lr: float) -> StepInFlight:
+        """The host re-derives the device's skip flag from these numbers, so only they travel."""
+        values = torch.stack([loss.double(), grad_norm.double().to(loss.device)])
+        host = self._host
         ready = None
         if values.is_cuda:
             host.copy_(values, non_blocking=True)

@@ -128,22 +128,21 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, device: t
 
         return BackwardOptimizer(model, lambda p: kind([p], lr=lr_of(p), betas=cfg.betas, eps=cfg.eps,
                                                        weight_decay=cfg.weight_decay, **extra))
-    params = with_embedding_lr(params, embeddings, cfg.embedding_lr)
+    groups = with_embedding_lr(params, embeddings, cfg.embedding_lr)
     if cfg.weights == "bf16" and cfg.name == "adamw":
-        return OptimizerSet([FusedAdamW(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])
+        return OptimizerSet([FusedAdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])
     if cfg.name == "adamw8bit":
-        return OptimizerSet([AdamW8bit(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])
+        return OptimizerSet([AdamW8bit(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])
     if cfg.name == "lion":
-        return OptimizerSet([Lion(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)])
+        return OptimizerSet([Lion(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)])
     if cfg.name == "muon":
         matrices = hidden_matrices(model)
         chosen = {id(p) for p in matrices}
-        rest = with_embedding_lr([p for p in model.parameters() if p.requires_grad and id(p) not in chosen], embeddings,
-                                 cfg.embedding_lr)
+        rest = with_embedding_lr([p for p in params if id(p) not in chosen], embeddings, cfg.embedding_lr)
         return OptimizerSet([
             Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum, ns_steps=cfg.muon_ns_steps),
             torch.optim.AdamW(rest, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused),
         ])
     return OptimizerSet([
-        torch.optim.AdamW(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused)
+        torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused)
     ])

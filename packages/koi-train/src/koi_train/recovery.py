@@ -90,22 +90,18 @@ class InstabilityGuard:
         return self.enabled and (self.snapshots.due(step) or self.snapshots.pending is not None)
 
     def device_gate(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
-        """A device float, 1.0 when `after_step` will flag this step, computed without a host read.
+        """A device float, 1.0 when `after_step` will flag this step, computed without a host read (detection on).
 
         The same tests as `InstabilityDetector.check` (and the pending snapshot's finiteness), in
         float64 against the same limits, so the device and the later host judgment always agree.
         """
         loss, grad_norm = loss.double(), grad_norm.double()
-        bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
-        if self.enabled:
-            bad = bad | (loss > self.detector.loss_limit())
-            if not self.clipping_bounds_spikes:
-                bad = bad | (grad_norm > self.detector.grad_limit())
-            pending = self.snapshots.pending
-            if pending is not None and pending.finite is not None:
-                bad = bad | ~pending.finite.to(bad.device)
-        else:
-            bad = torch.zeros_like(bad)
+        bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm) | (loss > self.detector.loss_limit())
+        if not self.clipping_bounds_spikes:
+            bad = bad | (grad_norm > self.detector.grad_limit())
+        pending = self.snapshots.pending
+        if pending is not None and pending.finite is not None:
+            bad = bad | ~pending.finite.to(bad.device)
         return bad.float()
 
     def after_step(self, step: int, loss: float, grad_norm: float, data_before: dict | None = None) -> InstabilityEvent | None:

@@ -149,7 +149,7 @@ class Trainer:
         step_gated(p.optimizer, skip)
         p.optimizer.zero_grad()
         lr = p.optimizer.optimizers[0].param_groups[0]["lr"]
-        self._in_flight = self._late_reads.launch(self.step, loss_t, norm_t, skip, self.guard.data_before_step, lr)
+        self._in_flight = self._late_reads.launch(self.step, loss_t, norm_t, self.guard.data_before_step, lr)
 
     def _settle(self) -> bool:
         """Judge the step in flight, if any, and log it; True when that restored older weights
@@ -278,15 +278,13 @@ class Trainer:
                     loss, grad_norm = self._judge_now(loss_t, norm_t)
                     self._log_step(self.step + 1, loss, grad_norm, p.optimizer.optimizers[0].param_groups[0]["lr"])
                 self.step += 1
-                at_boundary = ((p.mixture is not None and self.step % cfg.mixture.switch == 0)
-                               or (cfg.eval.every and self.step % cfg.eval.every == 0)
-                               or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0))
-                if at_boundary and self.step < cfg.train.steps:
-                    self._settle()  # a switch, an eval or a checkpoint sees every update judged
+                # A switch, an eval or a checkpoint sees every update judged: each settles the step in flight first.
                 if p.mixture is not None and self.step % cfg.mixture.switch == 0 and self.step < cfg.train.steps:
+                    self._settle()
                     active = self.guard.planned_change(self.step, p.mixture.switch)  # judged first, then a new history
                     metrics.write({"kind": "mixture_switch", "step": self.step, "active": active})
                 if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
+                    self._settle()
                     last_eval = self.evaluate()
                     if last_eval:
                         metrics.write(last_eval)
@@ -295,6 +293,7 @@ class Trainer:
                                  f"({last_eval['val_windows']} windows{bounded})" + mixture_summary(last_eval)
                                  + predictor_summary(last_eval))
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
+                    self._settle()
                     self.save()
             self._settle()
             self.guard.finish(self.step)  # the last update has no next step to judge it
