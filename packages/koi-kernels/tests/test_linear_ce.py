@@ -91,3 +91,39 @@ def test_head_matmul_runs_in_autocast_dtype_on_fp32_activations():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert matmul_dtype(h) == torch.bfloat16
     assert matmul_dtype(h) == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuBLAS's fp32 sum of a bf16 product is a CUDA path")
+def test_weight_gradient_sums_bf16_products_in_fp32_without_rounding_them():
+    """The head's dW is summed over chunks straight into fp32: no bf16 rounding of each chunk's product."""
+    from koi_kernels.ops.linear_ce import accumulate_product
+
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(512, 1024, generator=g).to("cuda", torch.bfloat16)
+    b = torch.randn(1024, 256, generator=g).to("cuda", torch.bfloat16)
+    start = torch.randn(512, 256, generator=g).cuda()
+    total = start.clone()
+    accumulate_product(total, a, b)
+    exact = start.double() + a.double() @ b.double()
+    rounded_each = start.double() + (a @ b).double()  # what summing bf16 products would give
+    error = (total.double() - exact).abs().max().item()
+    assert error < 1e-3, error
+    assert error < (rounded_each - exact).abs().max().item() / 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Inductor's lowering of the fp32-sum matmul is a CUDA path")
+def test_compiled_bf16_loss_and_gradients_match_eager():
+    """Under Inductor with bf16 operands (the training path), loss and both gradients match eager."""
+    h, w, t = _inputs(256, 64, 3000, torch.bfloat16, torch.device("cuda"), seed=12)
+
+    def loss_fn(h, w, t):
+        return linear_cross_entropy(h, w, t, chunk_rows=64)
+
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    got = compiled(h, w, t)
+    got_grads = torch.autograd.grad(got, [h, w])
+    want = loss_fn(h, w, t)
+    want_grads = torch.autograd.grad(want, [h, w])
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-2)

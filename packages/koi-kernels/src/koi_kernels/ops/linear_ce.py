@@ -60,7 +60,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 total += loss.sum()
                 grad_logits = logits  # now holds dloss/dlogits
                 grad_hidden[start : start + chunk_rows] = (grad_logits @ w).to(hidden.dtype)
-                grad_weight += (grad_logits.T @ h).float()
+                accumulate_product(grad_weight, grad_logits.T, h)
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype), inverse_count)
         return total * inverse_count
 
@@ -69,6 +69,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight, inverse_count = ctx.saved_tensors
         scale = grad_output * inverse_count
         return grad_hidden * scale.to(grad_hidden.dtype), grad_weight * scale, None, None, None, None, None, None
+
+
+def accumulate_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``total += a @ b`` into an fp32 sum, with the product never rounded to ``a``'s dtype first.
+
+    On CUDA with bf16/fp16 operands cuBLAS adds the product straight into the fp32 sum (beta = 1),
+    so no half-precision product and no fp32 copy of it cross memory: at 124M's head that is about
+    0.6 GB less traffic per chunk and a more exact weight gradient. Elsewhere: a product, then a sum.
+    """
+    if total.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and total.dtype == torch.float32:
+        torch.addmm(total, a, b, out_dtype=torch.float32, out=total)
+    else:
+        total += (a @ b).float()
 
 
 def matmul_dtype(hidden: torch.Tensor) -> torch.dtype:
