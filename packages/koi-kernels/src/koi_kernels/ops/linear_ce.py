@@ -77,8 +77,11 @@ def accumulate_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) ->
     On CUDA with bf16/fp16 operands cuBLAS adds the product straight into the fp32 sum (beta = 1),
     so no half-precision product and no fp32 copy of it cross memory: at 124M's head that is about
     0.6 GB less traffic per chunk and a more exact weight gradient. Elsewhere: a product, then a sum.
+    Under torch.compile too: Dynamo cannot trace ``addmm(out_dtype=)`` in torch 2.11 (its fake
+    tensor fails), and Inductor fuses the cast into the sum there anyway.
     """
-    if total.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and total.dtype == torch.float32:
+    fp32_sum_in_cublas = total.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and total.dtype == torch.float32
+    if fp32_sum_in_cublas and not torch.compiler.is_compiling():
         torch.addmm(total, a, b, out_dtype=torch.float32, out=total)
     else:
         total += (a @ b).float()
