@@ -39,6 +39,10 @@ CASES = {
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
 BLOCKS = "transformer.h.*"
 MLPS = "transformer.h.*.mlp.*"
+# Koi's best recipe at recipe Q (BENCHMARKS.md): the Llama-style model at the case's size, Muon, 10x embedding LR
+LLAMA = {"arch": "llama", "qk_norm": True, "tie_embeddings": True}
+BEST_OPTIMIZER = {"name": "muon", "muon_lr": 0.02, "muon_momentum": 0.95, "embedding_lr": 0.006}
+LAYERS = "model.layers.*"
 # Koi sides: run-config overrides on top of `koi_config`.
 KOI_SIDES = {
     "koi": {},
@@ -49,6 +53,9 @@ KOI_SIDES = {
     "koi-fp8": {"precision": {"plan": {BLOCKS: "fp8"}, "fp8_matmul": True, "fp8_scaling": "row"}},
     "koi-fp8-tile": {"precision": {"plan": {BLOCKS: "fp8"}, "fp8_matmul": True, "fp8_scaling": "tile"}},
     "koi-int4": {"precision": {"plan": {BLOCKS: "int4"}}},
+    "koi-best": {"model": LLAMA, "optimizer": BEST_OPTIMIZER},
+    "koi-best-int4": {"model": LLAMA, "optimizer": BEST_OPTIMIZER, "precision": {"plan": {LAYERS: "int4"}}},
+    "koi-best-ternary": {"model": LLAMA, "optimizer": BEST_OPTIMIZER, "precision": {"plan": {LAYERS: "ternary"}}},
     "koi-ternary": {"precision": {"plan": {BLOCKS: "ternary"}}},
     # issue 21's levers: bf16 weights (stochastic rounding), 8-bit moments, the step in backward (no gradients kept), remat
     "koi-lowmem": {"optimizer": {"name": "adamw8bit", "weights": "bf16"}, "train": {"optimizer_in_backward": True, "grad_clip": 0.0},

@@ -89,3 +89,17 @@ def test_prepare_defaults_apply_inside_an_object():
 @pytest.mark.parametrize("path", sorted((REPO / "packages" / "koi-train" / "src" / "koi_train" / "configs").glob("*.json")))
 def test_shipped_configs_validate(path):
     load_dict(json.loads(path.read_text()), source=str(path))
+
+
+def test_every_config_in_the_readmes_loads():
+    """A user copies these blocks: each must pass the schema and the typed config, as `koi-train run` would read it."""
+    import re
+
+    blocks = []
+    for readme in (REPO / "README.md", REPO / "packages" / "koi-train" / "README.md"):
+        for text in re.findall(r"```json\n(.*?)```", readme.read_text(), re.S):
+            blocks.append((readme.name, json.loads(text)))
+    configs = [(name, block) for name, block in blocks if {"model", "train"} & set(block)]
+    assert configs, "no run config found in the READMEs"
+    for name, block in configs:
+        load_dict(block, source=f"a config block of {name}")
