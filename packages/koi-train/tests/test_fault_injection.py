@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -129,12 +128,6 @@ def test_detection_on_without_a_fault_is_bit_identical_to_off(prepared, tmp_path
     assert [(r["step"], r["reason"]) for r in rebases] == ([(20, "expert_switch")] if mode == "mixture" else [])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 DDP_CASES = ["nan_batch:7", "loss_spike:7", "lr_spike:7", "lr_spike:8", "grad_explosion:8", "poisoned_window:23"]
 
 
@@ -147,7 +140,7 @@ def ddp_results(prepared, tmp_path_factory):
     (root / "config.json").write_text(json.dumps(raw))
     runner = Path(__file__).with_name("ddp_fault_runner.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                              str(runner), str(root / "config.json"), str(root / "out.json"), *DDP_CASES],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -167,16 +160,19 @@ def test_ddp_two_processes_recover_alike(ddp_results, case):
     assert any(int(step) <= e["step"] <= int(step) + late for e in got["events"])
 
 
-@pytest.mark.parametrize("fault,step", [(None, None), ("nan_batch", 23), ("lr_spike", 7), ("grad_explosion", 9)])
-def test_judging_a_step_late_decides_and_trains_as_judging_it_at_once(prepared, tmp_path, fault, step):
+@pytest.mark.parametrize("fault,step,optimizer", [(None, None, "adamw"), ("nan_batch", 23, "adamw"), ("lr_spike", 7, "adamw"),
+                                                  ("grad_explosion", 9, "adamw"), ("nan_batch", 23, "muon"), ("lr_spike", 7, "muon")])
+def test_judging_a_step_late_decides_and_trains_as_judging_it_at_once(prepared, tmp_path, fault, step, optimizer):
     """The default judges each step while the next runs (late_judging.py), with the update gated on the
     device; a rollback found late redoes the step run since. Same events, losses and weights as the host
     judging each step before its update."""
     runs = {}
     for late in (True, False):
         name = f"late-{late}"
-        trainer = Trainer(load_dict(_config(prepared, tmp_path, name, "plain")), tmp_path / name, log=lambda *_: None)
-        assert trainer.judge_late  # fused AdamW gates its update on a device flag, on the CPU too
+        raw = _config(prepared, tmp_path, name, "plain")
+        raw["optimizer"] = {**raw.get("optimizer", {}), "name": optimizer}
+        trainer = Trainer(load_dict(raw), tmp_path / name, log=lambda *_: None)
+        assert trainer.judge_late  # fused AdamW and Muon gate their update on a device flag, on the CPU too
         trainer.judge_late = late
         if fault:
             inject(trainer, fault, step)

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .optim import Muon
 from .optimizer_set import OptimizerSet
 
 
 def optimizer_can_gate(optimizer: OptimizerSet) -> bool:
-    """Only torch's fused Adam/AdamW skip an update on a device flag (their ``found_inf`` input)."""
-    return all(isinstance(opt, torch.optim.Adam | torch.optim.AdamW) and opt.defaults.get("fused")
+    """Torch's fused Adam/AdamW and Koi's Muon skip an update on a device flag (a ``found_inf`` input)."""
+    return all(isinstance(opt, Muon) or (isinstance(opt, torch.optim.Adam | torch.optim.AdamW) and opt.defaults.get("fused"))
                for opt in optimizer.optimizers)
 
 

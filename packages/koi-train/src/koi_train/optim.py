@@ -18,23 +18,41 @@ from .optimizer_set import OptimizerSet
 def newton_schulz_orthogonalize(grad: torch.Tensor, steps: int) -> torch.Tensor:
     """Approximate U V^T of the gradient's SVD with a quintic Newton-Schulz iteration.
 
-    Coefficients (3.4445, -4.7750, 2.0315) are the published Muon ones: they push singular values
-    towards 1 fast without needing convergence. bf16 on GPU, fp32 on CPU (where bf16 matmul is slow).
+    ``grad`` is one matrix (r, c) or a stack of same-shape matrices (n, r, c), each orthogonalised
+    on its own: a stack costs the kernel launches of one matrix. Coefficients (3.4445, -4.7750,
+    2.0315) are the published Muon ones: they push singular values towards 1 fast without needing
+    convergence. bf16 on GPU, fp32 on CPU (where bf16 matmul is slow).
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = grad.to(torch.bfloat16 if grad.is_cuda else torch.float32)
-    transposed = x.size(0) > x.size(1)
+    single = x.ndim == 2
+    if single:
+        x = x.unsqueeze(0)
+    transposed = x.size(-2) > x.size(-1)
     if transposed:
-        x = x.T
-    x = x / (x.norm() + 1e-7)
+        x = x.mT
+    x = x / (torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if transposed else x).to(grad.dtype)
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    if transposed:
+        x = x.mT
+    return (x[0] if single else x).to(grad.dtype)
+
+
+STACK_ELEMENTS = 1 << 27  # matrices stacked per batch: 512 MiB of fp32 gradients (all of 124M's, a few of 1558M's)
 
 
 class Muon(torch.optim.Optimizer):
-    """Momentum SGD whose update is orthogonalised per matrix (Jordan et al., 2024)."""
+    """Momentum SGD whose update is orthogonalised per matrix (Jordan et al., 2024).
+
+    Matrices of one shape step together: one stacked Newton-Schulz and a few foreach ops per
+    shape (4 shapes at GPT-2 124M instead of 48 matrices one by one), since a per-matrix loop
+    launches thousands of small kernels a step and leaves the GPU waiting on the host. Like torch's
+    fused AdamW, a step can wait on a device flag: with ``found_inf`` set (a 0/1 tensor), where it
+    is 1 the weights and the momentum stay as they were, and nothing is read back to the host
+    (late_judging.py relies on it).
+    """
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  ns_steps: int = 5, weight_decay: float = 0.0) -> None:
@@ -42,21 +60,40 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        skip = getattr(self, "found_inf", None)
         for group in self.param_groups:
+            same_shape: dict[tuple, list[torch.Tensor]] = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.mul_(group["momentum"]).add_(p.grad)
-                direction = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                update = newton_schulz_orthogonalize(direction, group["ns_steps"])
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * scale)
+                if p.grad is not None:
+                    same_shape.setdefault((p.shape, p.dtype, p.device), []).append(p)
+            for params in same_shape.values():
+                per_batch = max(1, STACK_ELEMENTS // params[0].numel())  # caps the stacked copies' memory
+                for start in range(0, len(params), per_batch):
+                    self._step_same_shape(params[start : start + per_batch], group, skip)
+
+    def _step_same_shape(self, params: list[torch.Tensor], group: dict, skip: torch.Tensor | None) -> None:
+        momentum, lr, decay = group["momentum"], group["lr"], group["weight_decay"]
+        buffers = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p.grad)
+            buffers.append(state["momentum_buffer"])
+        grads = torch.stack([p.grad for p in params])
+        old_buffers = torch.stack(buffers)
+        new_buffers = old_buffers * momentum + grads
+        direction = grads.add_(new_buffers, alpha=momentum) if group["nesterov"] else new_buffers
+        update = newton_schulz_orthogonalize(direction, group["ns_steps"])
+        rows, cols = params[0].shape
+        old_params = torch.stack(params)
+        new_params = (old_params * (1 - lr * decay)).add_(update.to(old_params.dtype), alpha=-lr * max(1.0, rows / cols) ** 0.5)
+        if skip is not None:
+            # Selected, not blended: a skipped step's gradient may be NaN (NaN * 0 is NaN), and a
+            # step that is not skipped must be bit for bit the ungated one.
+            new_buffers = torch.where(skip.bool(), old_buffers, new_buffers)
+            new_params = torch.where(skip.bool(), old_params, new_params)
+        torch._foreach_copy_(buffers, new_buffers.unbind(0))
+        torch._foreach_copy_(params, new_params.unbind(0))
 
 
 class Lion(torch.optim.Optimizer):
