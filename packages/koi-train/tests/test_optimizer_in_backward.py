@@ -118,3 +118,39 @@ def test_block_compiled_model_steps_each_block_before_the_next_backward():
     last_block_1 = len(events) - 1 - events[::-1].index("stepped block 1")
     assert last_block_1 < events.index("block 0 input")  # ...all before the gradient leaves block 0
     assert all(p.grad is None for p in optimizer.params)  # every gradient freed in its hook
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_block_compiled_model_samples_eagerly_and_trains_on_one_graph(arch):
+    """Sampling with a KV cache must not recompile the blocks (Dynamo guards on the cache per layer and
+    position: torch's recompile limit was hit after 8, minutes in); training and val-loss calls share
+    the compiled graphs, and a cached call gives the eager model's logits."""
+    from torch._dynamo.utils import counters
+
+    from koi_train.config import ModelConfig
+    from koi_train.models import build_model
+    from koi_train.regional_compile import compile_blocks
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    counters.clear()
+    model = build_model(ModelConfig(arch=arch, preset=f"{arch}-tiny", n_layer=4))
+    reference = build_model(ModelConfig(arch=arch, preset=f"{arch}-tiny", n_layer=4))
+    reference.load_state_dict(model.state_dict())
+    compile_blocks(model, backend="eager")
+    tokens = torch.randint(0, 256, (2, 16))
+    model(tokens).float().sum().backward()
+    with torch.no_grad():
+        model.eval()
+        model(tokens)  # a val-loss call: no_grad, full sequence
+        cache = model.make_cache()
+        got = [model(tokens[:1, :5], cache=cache)]
+        got += [model(tokens[:1, i : i + 1], cache=cache) for i in range(5, 9)]
+        reference.eval()
+        want_cache = reference.make_cache()
+        want = [reference(tokens[:1, :5], cache=want_cache)]
+        want += [reference(tokens[:1, i : i + 1], cache=want_cache) for i in range(5, 9)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # train, and no_grad
+    assert not counters["recompiles"] or sum(counters["recompiles"].values()) <= 1
