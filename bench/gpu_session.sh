@@ -2,7 +2,7 @@
 # One lent-GPU session in one script: install what the machine lacks, then run the named stages,
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
-# Stages: setup, parity, tests, train_tests, smoke, speed, profile, profile_lowmem, quality, mixture, sparsity. Offline machines need the wheels in .carry/whl
+# Stages: setup, parity, probes, tests, train_tests, smoke, speed, profile, profile_lowmem, quality, mixture, sparsity. Offline machines need the wheels in .carry/whl
 # (jsonschema and friends, hatchling and editables, nox) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,13 @@ stage_setup() {
 stage_parity() {
   timeout 200 python3 bench/probes/ste_autograd_function_probe.py 2>&1 | tee "$logs/ste_probe.log"
   timeout 300 python3 bench/compile_parity.py --steps 40 --layers 2 --formats int8,int4,ternary,binary 2>&1 | tee "$logs/parity.log"
+}
+
+stage_probes() {  # one-process before/after timings: the fused loss's fp32 dW sum, Muon's stacked step (about a minute)
+  timeout 150 python3 bench/probes/linear_ce_accumulate_probe.py 2>&1 | grep -E "ms|Error" | tee "$logs/accumulate_probe.log"
+  for size in 124M 1558M; do
+    timeout 120 python3 bench/probes/muon_step_probe.py --size "$size" 2>&1 | grep -E "ms|Error" | tee -a "$logs/muon_probe.log"
+  done
 }
 
 stage_tests() {
