@@ -40,7 +40,9 @@ def newton_schulz_orthogonalize(grad: torch.Tensor, steps: int) -> torch.Tensor:
     return (x[0] if single else x).to(grad.dtype)
 
 
-STACK_ELEMENTS = 1 << 27  # matrices stacked per batch: 512 MiB of fp32 gradients (all of 124M's, a few of 1558M's)
+# Matrices stacked per batch: 256 MiB per fp32 stack, and a step holds five (gradients, old and new
+# momentum, old and new weights): each shape of 124M in one batch, 1558M's in a few.
+STACK_ELEMENTS = 1 << 26
 
 
 class Muon(torch.optim.Optimizer):
