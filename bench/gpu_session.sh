@@ -3,7 +3,7 @@
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
 # Stages: setup, parity, probes, tests, train_tests, smoke, speed, profile, profile_lowmem, quality, mixture, sparsity. Offline machines need the wheels in .carry/whl
-# (jsonschema and friends, hatchling and editables, nox) and ../shared/data copied to .carry/shared/data.
+# (jsonschema and friends, hatchling and editables, nox, pytest-xdist and execnet) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -41,7 +41,11 @@ stage_tests() {
 }
 
 stage_train_tests() {  # koi-train's suite alone on the card (the longest; nox -s gpu runs all five)
-  TRITON_INTERPRET=0 timeout "${KOI_TEST_TIMEOUT:-480}" python3 -m pytest -q -p no:cacheprovider -rf --timeout 240 \
+  # KOI_TEST_WORKERS=8 spreads the tests over 8 processes (pytest-xdist, carried in .carry/whl):
+  # most of the suite is CPU-bound runs of tiny models, and the card's machine has 16 cores.
+  local spread=""
+  [ "${KOI_TEST_WORKERS:-1}" -gt 1 ] && spread="-n ${KOI_TEST_WORKERS}"
+  TRITON_INTERPRET=0 timeout "${KOI_TEST_TIMEOUT:-480}" python3 -m pytest -q -p no:cacheprovider -rf --timeout 240 $spread \
     packages/koi-train/tests ${KOI_TEST_ARGS:-} 2>&1 | tee "$logs/train_tests.log" | grep -E "passed|failed|error|FAILED|ERROR" | tail -40
 }
 
