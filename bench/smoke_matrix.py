@@ -86,8 +86,9 @@ def launch(name: str, cfg: dict, nproc: int, gpus: list[int], work: Path) -> tup
     path.write_text(json.dumps(cfg))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "NCCL_NVLS_ENABLE": "0"}
     if nproc > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port",
-                   str(29500 + abs(hash(name)) % 1000), "-m", "koi_train", "run", str(path)]
+        # --standalone: torchrun takes a free port itself (a hashed port could collide between rows)
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
+                   "-m", "koi_train", "run", str(path)]
     else:
         command = [sys.executable, "-m", "koi_train", "run", str(path)]
     log = work / f"{cfg['name']}.log"
