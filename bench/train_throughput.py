@@ -64,6 +64,13 @@ KOI_SIDES = {
                            "train": {"optimizer_in_backward": True, "grad_clip": 0.0}},
     "koi-8bit-bf16w-remat": {"optimizer": {"name": "adamw8bit", "weights": "bf16"}, "remat": {"mode": "full"}},
     "koi-8bit-remat": {"optimizer": {"name": "adamw8bit"}, "remat": {"mode": "full"}},
+    # issue 21 at 124M (<= 4 GiB at >= 1.0x the plain reference): the same 32 x 1024 tokens a step as
+    # 4 micro-batches of 8 (a quarter of the activations, nothing recomputed), bf16 weights, 8-bit moments
+    "koi-accum4-8bit-bf16w": {"train": {"batch_size": 8, "grad_accum": 4}, "optimizer": {"name": "adamw8bit", "weights": "bf16"}},
+    "koi-accum4-8bit-bf16w-ffn": {"train": {"batch_size": 8, "grad_accum": 4}, "optimizer": {"name": "adamw8bit", "weights": "bf16"},
+                                  "remat": {"mode": "ffn"}},
+    "koi-accum2-8bit-bf16w-remat": {"train": {"batch_size": 16, "grad_accum": 2}, "optimizer": {"name": "adamw8bit", "weights": "bf16"},
+                                    "remat": {"mode": "full"}},
     # issue 27 (bench/sparsity.py): 2:4 MLPs from step 0 on the sparse kernels / masked dense, with int8, and MLP predictors
     "koi-sparse24": {"sparsity": {"plan": {MLPS: "2:4"}}},
     "koi-sparse24-masked": {"sparsity": {"plan": {MLPS: "2:4"}, "kernel": "masked"}},
