@@ -68,18 +68,24 @@ def test_compiles_into_one_graph_with_no_host_sync(device, monkeypatch):
     if device.type != "cuda":
         monkeypatch.setenv("KOI_KERNELS", "torch")
     h, w, t = _inputs(64, 32, 1000, torch.float32, device, seed=11)
+    _assert_compiled_matches_eager(h, w, t, chunk_rows=16, backend="inductor" if device.type == "cuda" else "eager",
+                                   loss_tol=1e-5, grad_tol=dict(atol=1e-5, rtol=1e-5))
+
+
+def _assert_compiled_matches_eager(h, w, t, *, chunk_rows, backend, loss_tol, grad_tol):
+    """The fused loss through torch.compile (one graph) against eager: loss and both gradients."""
 
     def loss_fn(h, w, t):
-        return linear_cross_entropy(h, w, t, chunk_rows=16)
+        return linear_cross_entropy(h, w, t, chunk_rows=chunk_rows)
 
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="inductor" if device.type == "cuda" else "eager")
+    compiled = torch.compile(loss_fn, fullgraph=True, backend=backend)
     got = compiled(h, w, t)
     got_grads = torch.autograd.grad(got, [h, w])
     want = loss_fn(h, w, t)
     want_grads = torch.autograd.grad(want, [h, w])
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, want, atol=loss_tol, rtol=loss_tol)
     for a, b in zip(got_grads, want_grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a, b, **grad_tol)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast's bf16 head matmul is a CUDA path")
@@ -115,15 +121,4 @@ def test_weight_gradient_sums_bf16_products_in_fp32_without_rounding_them():
 def test_compiled_bf16_loss_and_gradients_match_eager():
     """Under Inductor with bf16 operands (the training path), loss and both gradients match eager."""
     h, w, t = _inputs(256, 64, 3000, torch.bfloat16, torch.device("cuda"), seed=12)
-
-    def loss_fn(h, w, t):
-        return linear_cross_entropy(h, w, t, chunk_rows=64)
-
-    compiled = torch.compile(loss_fn, fullgraph=True)
-    got = compiled(h, w, t)
-    got_grads = torch.autograd.grad(got, [h, w])
-    want = loss_fn(h, w, t)
-    want_grads = torch.autograd.grad(want, [h, w])
-    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
-    for a, b in zip(got_grads, want_grads):
-        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-2)
+    _assert_compiled_matches_eager(h, w, t, chunk_rows=64, backend="inductor", loss_tol=1e-3, grad_tol=dict(atol=2e-3, rtol=2e-2))

@@ -35,9 +35,10 @@ def to_fp8(t: torch.Tensor, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor,
     is one reduction (the inf-norm, no materialised ``abs``) and the division promotes the
     half-precision input to fp32 in the same kernel (no separate ``float()`` copy).
     """
-    amax = torch.linalg.vector_norm(t.detach(), ord=float("inf"), dim=1 - dim, keepdim=True, dtype=torch.float32)
+    t = t.detach()
+    amax = torch.linalg.vector_norm(t, ord=float("inf"), dim=1 - dim, keepdim=True, dtype=torch.float32)
     scale = amax.clamp_min(1e-12) / torch.finfo(dtype).max
-    return torch.div(t.detach(), scale).to(dtype).contiguous(), scale
+    return torch.div(t, scale).to(dtype).contiguous(), scale
 
 
 def scaled_matmul(a: torch.Tensor, a_scale: torch.Tensor, b_rows: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
