@@ -28,6 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from data_tokens import make_shards, real_tokens, shared_data  # noqa: E402
+from recipe_q import OPTIMIZERS  # noqa: E402
 
 # name: (layers, width, heads, batch, seq)
 CASES = {
@@ -41,7 +42,7 @@ BLOCKS = "transformer.h.*"
 MLPS = "transformer.h.*.mlp.*"
 # Koi's best recipe at recipe Q (BENCHMARKS.md): the Llama-style model at the case's size, Muon, 10x embedding LR
 LLAMA = {"arch": "llama", "qk_norm": True, "tie_embeddings": True}
-BEST_OPTIMIZER = {"name": "muon", "muon_lr": 0.02, "muon_momentum": 0.95, "embedding_lr": 0.006}
+BEST_OPTIMIZER = {**OPTIMIZERS["muon"], "embedding_lr": 0.006}
 LAYERS = "model.layers.*"
 # Koi sides: run-config overrides on top of `koi_config`.
 KOI_SIDES = {
