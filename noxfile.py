@@ -83,8 +83,22 @@ def tests(session: nox.Session, package: str) -> None:
     # The package must work without the koi packages it does not declare.
     session.run("python", "-c", f"import importlib.util as u; extra = [m for m in {others!r} if u.find_spec(m)]; "
                 "assert not extra, f'undeclared koi packages installed: {extra}'")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", f"packages/{package}/tests", *session.posargs,
-                env={**test_env(), **data_env(session, package)})
+    try:
+        session.run("pytest", "-q", "-p", "no:cacheprovider", f"packages/{package}/tests", *session.posargs,
+                    env={**test_env(), **data_env(session, package)})
+    finally:
+        drop_venv(session)
+
+
+def drop_venv(session: nox.Session) -> None:
+    """With KOI_NOX_DROP_VENVS=1 (CI sets it), delete a session's venv once its tests ran.
+
+    A venv with torch and triton takes about 2 GB; five of them side by side can fill a small CI
+    disk, while one at a time fits. Locally the venvs stay, so `nox -r` reuses them.
+    """
+    if os.environ.get("KOI_NOX_DROP_VENVS") == "1":
+        shutil.rmtree(session.virtualenv.location, ignore_errors=True)
+        session.log(f"dropped {session.virtualenv.location} (KOI_NOX_DROP_VENVS=1)")
 
 
 @nox.session(venv_backend="none")
