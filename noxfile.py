@@ -20,7 +20,7 @@ import nox
 sys.path.insert(0, str(Path(__file__).parent / "tools"))
 from koi_data import DataError, data_root  # noqa: E402
 
-nox.options.sessions = ["lint", "schema", "tests"]  # `gpu` runs only when asked for
+nox.options.sessions = ["lint", "schema", "tools", "tests"]  # `gpu` runs only when asked for
 nox.options.default_venv_backend = "venv"
 
 PACKAGES = {
@@ -140,6 +140,13 @@ def schema(session: nox.Session) -> None:
     session.install("jsonschema>=4.18", "pytest>=7")
     session.run("pytest", "-q", "-p", "no:cacheprovider", "packages/koi-train/tests/test_schema.py",
                 env={"PYTHONPATH": "packages/koi-train/src"})
+
+
+@nox.session
+def tools(session: nox.Session) -> None:
+    """The repo's own tools (the data fetcher first): standard library only, so pytest is all they need."""
+    session.install("pytest>=7")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tools/tests")
 
 
 @nox.session
