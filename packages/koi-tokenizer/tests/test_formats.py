@@ -76,6 +76,30 @@ def test_vocab_without_every_byte(tmp_path, data_dir):
         Tokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
 
 
+@pytest.mark.parametrize("bad_token", ["a b", "x\u1234", "\x00"])  # a raw space, a character past the map, a raw byte
+def test_vocab_token_that_is_not_byte_level_text(tmp_path, data_dir, bad_token):
+    vocab = json.loads((data_dir / "gpt2" / "vocab.json").read_text())
+    vocab[bad_token] = len(vocab)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(TokenizerFileError, match=r"vocab\.json: token .* is not byte-level BPE text"):
+        Tokenizer.from_gpt2_files(tmp_path / "vocab.json", data_dir / "gpt2" / "merges.txt")
+
+
+def test_merge_token_that_is_not_byte_level_text(tmp_path, data_dir):
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ t\nh e\n\nx \u1234\n")
+    with pytest.raises(TokenizerFileError, match="merges.txt: line 5: token '\u1234' is not byte-level BPE text"):
+        Tokenizer.from_gpt2_files(data_dir / "gpt2" / "vocab.json", tmp_path / "merges.txt")
+
+
+def test_token_texts_convert_like_one_at_a_time(data_dir):
+    from koi_tokenizer.byte_level import token_text_to_bytes, token_texts_to_bytes
+
+    texts = [*json.loads((data_dir / "gpt2" / "vocab.json").read_text())]
+    texts.remove("<|endoftext|>")
+    assert token_texts_to_bytes(texts) == [token_text_to_bytes(t) for t in texts]
+    assert token_texts_to_bytes([]) == []
+
+
 def test_malformed_merge_line(tmp_path, data_dir):
     (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ t\nthree parts here\n")
     with pytest.raises(TokenizerFileError, match="merges.txt: line 3: expected two tokens"):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .byte_level import bytes_to_token_text, token_text_to_bytes
+from .byte_level import bytes_to_token_text, token_text_to_bytes, token_texts_to_bytes
 from .errors import TokenizerFileError
 
 KOI_FORMAT = "koi-bpe"
@@ -59,32 +59,42 @@ def _text_tokens_to_bytes(path: Path, where: str, text: str) -> bytes:
         raise TokenizerFileError(path, where, f"token {text!r} is not byte-level BPE text") from None
 
 
+def _all_text_tokens_to_bytes(path: Path, texts: list[str], wheres: list[str]) -> list[bytes]:
+    """Every token text as bytes in one pass; on a bad one, the error names its place in ``wheres``."""
+    try:
+        return token_texts_to_bytes(texts)
+    except KeyError:
+        for where, text in zip(wheres, texts):
+            _text_tokens_to_bytes(path, where, text)
+        raise
+
+
 def read_gpt2_files(vocab_path: str | Path, merges_path: str | Path) -> BPEData:
     """GPT-2's ``vocab.json``/``encoder.json`` with ``merges.txt``/``vocab.bpe``."""
     vocab_path, merges_path = Path(vocab_path), Path(merges_path)
     raw = _read_json(vocab_path)
     if not isinstance(raw, dict) or not all(isinstance(v, int) for v in raw.values()):
         raise TokenizerFileError(vocab_path, "contents", "expected a JSON object of token -> integer id")
-    vocab: dict[bytes, int] = {}
-    special: dict[str, int] = {}
-    for text, idx in raw.items():
-        if text.startswith("<|") and text.endswith("|>"):
-            special[text] = idx
-        else:
-            vocab[_text_tokens_to_bytes(vocab_path, f"token {text!r}", text)] = idx
+    special = {text: idx for text, idx in raw.items() if text.startswith("<|") and text.endswith("|>")}
+    texts = [text for text in raw if text not in special]
+    tokens = _all_text_tokens_to_bytes(vocab_path, texts, [f"token {text!r}" for text in texts])
+    vocab = dict(zip(tokens, map(raw.__getitem__, texts)))
     try:
         lines = merges_path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise TokenizerFileError(merges_path, "file", "not found") from None
-    merges: list[tuple[bytes, bytes]] = []
+    parts: list[str] = []
+    wheres: list[str] = []
     for lineno, line in enumerate(lines, start=1):
         if not line or line.startswith("#version"):
             continue
-        parts = line.split(" ")
-        if len(parts) != 2:
+        pair = line.split(" ")
+        if len(pair) != 2:
             raise TokenizerFileError(merges_path, f"line {lineno}", f"expected two tokens separated by a space, got {line!r}")
-        where = f"line {lineno}"
-        merges.append((_text_tokens_to_bytes(merges_path, where, parts[0]), _text_tokens_to_bytes(merges_path, where, parts[1])))
+        parts += pair
+        wheres.append(f"line {lineno}")
+    halves = iter(_all_text_tokens_to_bytes(merges_path, parts, [w for w in wheres for _ in range(2)]))
+    merges = list(zip(halves, halves))
     _check_bytes(vocab_path, vocab)
     _check_merges(merges_path, vocab, merges)
     return BPEData(vocab, merges, special)

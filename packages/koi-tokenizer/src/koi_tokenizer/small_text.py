@@ -20,7 +20,7 @@ import unicodedata
 from array import array
 from collections.abc import Callable
 from functools import lru_cache
-from itertools import filterfalse
+from itertools import count, filterfalse
 
 from .pretokenize import WHITE_SPACE
 
@@ -93,7 +93,9 @@ class SmallTextEncoder:
         self._id_format = "H" if max(whole_tokens.values(), default=0) < 1 << 16 else "I"
         # A piece that is a whole token is that token, so those seed the dict: a fresh tokenizer
         # then BPEs only the pieces that take two or more tokens.
-        self._whole_tokens = {text: self._pack((idx,)) for text, idx in whole_tokens.items()}
+        width = array(self._id_format).itemsize
+        packed = array(self._id_format, whole_tokens.values()).tobytes()  # each id's bytes, sliced out below
+        self._whole_tokens = dict(zip(whole_tokens, map(packed.__getitem__, map(slice, count(0, width), count(width, width)))))
         self._encode_piece = encode_piece
         self._findall = bmp_piece_pattern().findall
         self.clear()
