@@ -63,6 +63,39 @@ def test_two_processes_match_one_with_the_same_global_batch(prepared, tmp_path, 
         assert final.with_suffix(".pt").exists()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_through_c10d_rendezvous_match_one_process(prepared, tmp_path, single):
+    """Multi-node launch as the README gives it: two torchrun "nodes" meet at a c10d rendezvous endpoint.
+
+    Both run on this machine (one process each, gloo), so the launch path a cluster takes
+    (no --standalone, rendezvous over TCP, ranks assigned by the rendezvous) is what is tested.
+    """
+    config = _config(prepared, tmp_path, "nodes", "ddp", 4)
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+              f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=koi-test", "--rdzv_conf=join_timeout=120", "--max_restarts=0",
+              "-m", "koi_train", "run", str(config)]
+    nodes = [subprocess.Popen(launch, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    losses = _losses(tmp_path / "nodes")
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    for step, loss in single.items():
+        assert abs(losses[step] - loss) < 2e-4, f"step {step}: {losses[step]} vs {loss}"
+    assert sum(out.count("run folder:") for out, _ in outputs) == 1  # only global rank 0 speaks, not each node's first
+    assert (tmp_path / "nodes" / "checkpoints" / f"step_{STEPS:08d}.pt").exists()
+
+
 @NEEDS_CPU_FSDP
 def test_fsdp_checkpoint_resumes_on_one_process(prepared, tmp_path, single):
     first = _run(["run", str(_config(prepared, tmp_path, "resume", "fsdp", 4, steps=STEPS))], cwd=tmp_path, nproc=2)
