@@ -73,7 +73,10 @@ def test_glob_matching_nothing_is_an_error(tmp_path, gpt2_tokenizer):
         shard_files([str(tmp_path / "*.txt")], gpt2_tokenizer, tmp_path / "out", show_progress=False)
 
 
-def test_parallel_sharding_is_identical_to_serial(tmp_path, data_dir, gpt2_tokenizer):
+def test_parallel_sharding_is_identical_to_serial(tmp_path, data_dir, gpt2_tokenizer, monkeypatch):
+    import koi_tokenizer.parallel as parallel
+
+    monkeypatch.setattr(parallel, "WARM_UP_CHARS", 200_000)  # fork well inside this 1.9 MB file
     source = [str(data_dir / "corpus" / "pydocs-val.txt")]
     serial = shard_files(source, gpt2_tokenizer, tmp_path / "one", shard_tokens=150_000, val_fraction=0.05, workers=1,
                          show_progress=False)
