@@ -79,9 +79,11 @@ def shard_files(
 ) -> ShardResult:
     """Tokenize text files, globs or URLs into shards; see `shard_documents` for the options."""
     files = expand_inputs(inputs)
-    progress = Progress(sum(file_size(f) for f in files), label="shard") if show_progress else None
+    total = sum(file_size(f) for f in files)
+    progress = Progress(total, label="shard") if show_progress else None
     with ThreadPoolExecutor(1) as reader:
-        return shard_documents(_documents(files, separator, reader), tokenizer, out_dir, progress=progress, **options)
+        return shard_documents(_documents(files, separator, reader), tokenizer, out_dir, progress=progress,
+                               total_chars=total or None, **options)  # 0: a size the source did not tell
 
 
 def _documents(files: Sequence[str], separator: str | None, reader: ThreadPoolExecutor) -> Iterator[str]:
@@ -103,8 +105,12 @@ def shard_documents(
     val_fraction: float = 0.0,
     workers: int | None = None,
     progress: Progress | None = None,
+    total_chars: int | None = None,
 ) -> ShardResult:
-    """Write documents as EOT-prefixed token runs into ``{prefix}_{train,val}_NNNNNN.bin``, on ``workers`` cores."""
+    """Write documents as EOT-prefixed token runs into ``{prefix}_{train,val}_NNNNNN.bin``, on ``workers`` cores.
+
+    ``total_chars`` (about the input's size; bytes will do) lets a small input fork its workers sooner.
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction: expected a number in [0, 1), got {val_fraction}")
     if shard_tokens <= 0:
@@ -125,7 +131,7 @@ def shard_documents(
             count += 1
             yield doc
 
-    with EncodePool(tokenizer, workers) as pool:
+    with EncodePool(tokenizer, workers, total_chars=total_chars) as pool:
         for doc_ids in pool.encode(texts()):
             split, chars = splits.popleft()
             writers[split].add(np.concatenate([eot, doc_ids.astype(dtype)]))
