@@ -1,6 +1,6 @@
 """Every config path trains on the card: `koi-train run` on GPT-2 124M for 50 steps, one row per path.
 
-Rows cover every format of `precision.plan` (fp8 also on real fp8 matmuls, row and tile scales),
+Rows cover every format of `precision.plan` (fp8 also on real fp8 matmuls: row, row-fused and tile scales),
 compile on and off, each optimizer, bf16 weights, the optimizer in backward, each remat mode, and
 DDP / FSDP over 2 GPUs. Each row is its own `koi-train run` process (a crash marks that row
 failed and the rest go on); rows run several at a time, spread over the visible GPUs, so tok/s
@@ -41,7 +41,7 @@ def rows() -> list[tuple[str, dict, int]]:
         precision = {"plan": {blocks: fmt}} if fmt != "bf16" else {}
         for mode in BOTH if fmt in TWINS else ("compiled",):
             out.append((f"{fmt}/{mode}", {"precision": precision, "train": {"compile": mode == "compiled"}}, 1))
-    for scaling in ("row", "tile"):
+    for scaling in ("row", "row-fused", "tile"):
         for mode in BOTH:
             out.append((f"fp8-matmul-{scaling}/{mode}", {"precision": {"plan": {blocks: "fp8"}, "fp8_matmul": True,
                                                                         "fp8_scaling": scaling},

@@ -53,6 +53,7 @@ KOI_SIDES = {
     "koi-remat": {"remat": {"mode": "full"}},
     "koi-fp8": {"precision": {"plan": {BLOCKS: "fp8"}, "fp8_matmul": True, "fp8_scaling": "row"}},
     "koi-fp8-tile": {"precision": {"plan": {BLOCKS: "fp8"}, "fp8_matmul": True, "fp8_scaling": "tile"}},
+    "koi-fp8-fused": {"precision": {"plan": {BLOCKS: "fp8"}, "fp8_matmul": True, "fp8_scaling": "row-fused"}},
     "koi-int4": {"precision": {"plan": {BLOCKS: "int4"}}},
     "koi-best": {"model": LLAMA, "optimizer": BEST_OPTIMIZER},
     "koi-best-int4": {"model": LLAMA, "optimizer": BEST_OPTIMIZER, "precision": {"plan": {LAYERS: "int4"}}},

@@ -107,7 +107,7 @@ def test_bf16_weights_with_stochastic_rounding(prepared, tmp_path):
         _train(raw, tmp_path / "bad")
 
 
-@pytest.mark.parametrize("scaling", ["row", "tile"])
+@pytest.mark.parametrize("scaling", ["row", "row-fused", "tile"])
 def test_fp8_matmul_from_the_config(prepared, tmp_path, scaling):
     raw = tiny_config(prepared, tmp_path, precision={"plan": {"transformer.h.*": "fp8"}, "fp8_matmul": True, "fp8_scaling": scaling},
                       train={"steps": 30})
