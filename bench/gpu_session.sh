@@ -55,7 +55,7 @@ stage_smoke() {
 }
 
 stage_speed() {
-  local sides="${KOI_SPEED_SIDES:-reference koi koi-fp8 koi-fp8-tile koi-int4 koi-ternary}"
+  local sides="${KOI_SPEED_SIDES:-reference koi koi-fp8 koi-fp8-fused koi-fp8-tile koi-int4 koi-ternary}"
   timeout "${KOI_SPEED_TIMEOUT:-420}" python3 bench/train_throughput.py --steps "${KOI_SPEED_STEPS:-30}" \
     $(printf -- "--side %s " $sides) 2>&1 | tee "$logs/speed.log"
 }
