@@ -136,7 +136,8 @@ def linear_ce_case(quick: bool):
 def matmul_cases(quick: bool):
     """Training matmuls at GPT-2 1558M shapes (tokens x 1600 -> 6400, the MLP up-projection), fwd + bwd.
 
-    fp8: Koi's row-scaled (torch._scaled_mm) and tile-scaled (Triton) matmuls vs the bf16 matmul a user writes. Packed int4 (group
+    fp8: Koi's row-scaled (torch._scaled_mm; the registered op, and the traced one compiled) and tile-scaled (Triton)
+    matmuls vs the bf16 matmul a user writes. Packed int4 (group
     128, frozen weights, gradient to the input): Koi's in-kernel dequantization vs dequantize-then-matmul.
     """
     from koi_quant import per_group, quantize
@@ -148,6 +149,12 @@ def matmul_cases(quick: bool):
     for scaling in ("row", "tile"):
         yield f"fp8 linear ({scaling}) {tokens}x{k}x{n}", [x, w], (dy,), \
             lambda x, w, s=scaling: fp8_linear(x, w, scaling=s), torch.nn.functional.linear, None
+
+    def row_fused(x, w):  # the traced row path: its casts fuse only under torch.compile, as in a compiled run
+        return fp8_linear(x, w, scaling="row-fused")
+
+    yield f"fp8 linear (row-fused, compiled) {tokens}x{k}x{n}", [x, w], (dy,), \
+        row_fused if SMOKE else torch.compile(row_fused), torch.nn.functional.linear, None
     qw = quantize(w.detach().float(), "int4", per_group(128))
     qw.packed, qw.scale = qw.packed.to(DEVICE), qw.scale.to(DEVICE)
     yield f"int4 packed linear {tokens}x{k}x{n}", [x], (dy,), lambda x: packed_linear(x, qw), \
