@@ -2,7 +2,7 @@
 # One lent-GPU session in one script: install what the machine lacks, then run the named stages,
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
-# Stages: setup, parity, probes, tests, train_tests, smoke, speed, profile, profile_lowmem, quality, mixture, sparsity. Offline machines need the wheels in .carry/whl
+# Stages: setup, parity, probes, tests, train_tests, smoke, speed, profile, profile_lowmem, quality, mixture, sparsity. Offline machines need the wheels in .carry/whl (`bash bench/make_carry.sh` builds .carry)
 # (jsonschema and friends, hatchling and editables, nox, pytest-xdist and execnet) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
