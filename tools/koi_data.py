@@ -229,17 +229,27 @@ DEBIAN_POOLS = ("http://deb.debian.org/debian-security/pool/updates/main", "http
 
 
 def download_deb(pages: DebianPages, into: Path, *, log=print) -> tuple[Path, bool]:
-    """The package's .deb and whether it is the pinned version: apt, then the archive's pools, then apt's current one."""
+    """The package's .deb and whether it is the pinned version: apt, then the archive's pools, then apt's current one.
+
+    Without apt-get (another Linux, macOS) the pools alone serve: the .deb is read with the
+    standard library (Debian's doc packages compress their data with xz).
+    """
     package = pages.package
-    if _apt_download(f"{package}={pages.version}", into).returncode == 0:
+    pinned = _apt_download(f"{package}={pages.version}", into)
+    if pinned is not None and pinned.returncode == 0:
         return _the_deb(package, into), True
+    tried = []
     for url in pool_urls(pages):  # the machine's apt lists may lack the security suite, or be older than the pin
         try:
             path = _http_download(url, into)
-        except OSError:
+        except OSError as exc:
+            tried.append(f"{url} ({exc})")
             continue
         log(f"koi data: {path.name} from {url.rsplit('/pool/', 1)[0]}")
         return path, True
+    if pinned is None:
+        raise DataError(f"{package}={pages.version}: not in Debian's pools ({'; '.join(tried)}) and no apt-get here to take "
+                        "the current version; set KOI_SHARED_DATA to a folder laid out as ../shared/data")
     if _apt_download(package, into).returncode != 0:
         if os.geteuid() == 0:  # a fresh machine may have no package lists yet
             log("koi data: apt-get update (no package lists yet)")
@@ -276,12 +286,12 @@ def _the_deb(package: str, into: Path) -> Path:
     return found[0]
 
 
-def _apt_download(spec: str, into: Path) -> subprocess.CompletedProcess:
+def _apt_download(spec: str, into: Path) -> subprocess.CompletedProcess | None:
+    """``apt-get download``'s result, or None on a machine without apt-get."""
     try:
         return subprocess.run(["apt-get", "download", "-qq", spec], cwd=into, capture_output=True, text=True)
     except FileNotFoundError:
-        raise DataError(f"apt-get download {spec}: apt-get not found; this fetch needs a Debian-family system, "
-                        "or set KOI_SHARED_DATA to a folder laid out as ../shared/data") from None
+        return None
 
 
 def read_deb_pages(deb: Path, pages: DebianPages) -> list[str]:

@@ -100,3 +100,20 @@ def test_a_broken_download_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(ConnectionResetError):
         koi_data._http_download(koi_data.pool_urls(PYDOCS_TRAIN.source)[0], tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_without_apt_the_pool_serves_and_its_absence_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(koi_data, "_apt_download", lambda spec, into: None)  # no apt-get on this machine
+
+    def http(url: str, into: Path) -> Path:
+        path = into / "python3.11-doc_3.11.2-6+deb12u9_all.deb"
+        path.write_bytes(b"deb")
+        return path
+
+    monkeypatch.setattr(koi_data, "_http_download", http)
+    path, pinned = koi_data.download_deb(PYDOCS_TRAIN.source, tmp_path, log=lambda m: None)
+    assert pinned and path.exists()
+
+    monkeypatch.setattr(koi_data, "_http_download", lambda url, into: (_ for _ in ()).throw(OSError("HTTP Error 404")))
+    with pytest.raises(koi_data.DataError, match=r"python3.11-doc=3.11.2-6\+deb12u9: not in Debian's pools .*no apt-get here"):
+        koi_data.download_deb(PYDOCS_TRAIN.source, tmp_path / "none", log=lambda m: None)
