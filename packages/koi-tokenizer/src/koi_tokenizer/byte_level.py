@@ -63,6 +63,17 @@ def token_text_to_bytes(text: str) -> bytes:
         raise KeyError(bad) from None
 
 
+def _split_by_lengths(joined, lengths: list[int]) -> list:
+    """``joined`` (a str or bytes) cut back into consecutive parts of the given lengths."""
+    ends = list(accumulate(lengths))
+    return list(map(joined.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+
+
+def bytes_to_token_texts(tokens: list[bytes]) -> list[str]:
+    """`bytes_to_token_text` of each token in one translate: byte-level text has one character per byte."""
+    return _split_by_lengths(bytes_to_token_text(b"".join(tokens)), list(map(len, tokens)))
+
+
 def token_texts_to_bytes(texts: list[str]) -> list[bytes]:
     """`token_text_to_bytes` of each text in one translate (one character per byte); KeyError as it."""
     try:
@@ -71,5 +82,4 @@ def token_texts_to_bytes(texts: list[str]) -> list[bytes]:
         for text in texts:
             token_text_to_bytes(text)  # raises the KeyError of the first bad text
         raise
-    ends = list(accumulate(map(len, texts)))
-    return list(map(blob.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+    return _split_by_lengths(blob, list(map(len, texts)))

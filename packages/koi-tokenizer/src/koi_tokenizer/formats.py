@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,13 +60,16 @@ def _text_tokens_to_bytes(path: Path, where: str, text: str) -> bytes:
         raise TokenizerFileError(path, where, f"token {text!r} is not byte-level BPE text") from None
 
 
-def _all_text_tokens_to_bytes(path: Path, texts: list[str], wheres: list[str]) -> list[bytes]:
-    """Every token text as bytes in one pass; on a bad one, the error names its place in ``wheres``."""
+def _all_text_tokens_to_bytes(path: Path, texts: list[str], where: Callable[[int], str]) -> list[bytes]:
+    """Every token text as bytes in one pass; on a bad one, the error names ``where(index)``.
+
+    The places are only worked out on that error: a tokenizer's construction converts 150k texts.
+    """
     try:
         return token_texts_to_bytes(texts)
     except KeyError:
-        for where, text in zip(wheres, texts):
-            _text_tokens_to_bytes(path, where, text)
+        for index, text in enumerate(texts):
+            _text_tokens_to_bytes(path, where(index), text)
         raise
 
 
@@ -77,14 +81,14 @@ def read_gpt2_files(vocab_path: str | Path, merges_path: str | Path) -> BPEData:
         raise TokenizerFileError(vocab_path, "contents", "expected a JSON object of token -> integer id")
     special = {text: idx for text, idx in raw.items() if text.startswith("<|") and text.endswith("|>")}
     texts = [text for text in raw if text not in special]
-    tokens = _all_text_tokens_to_bytes(vocab_path, texts, [f"token {text!r}" for text in texts])
+    tokens = _all_text_tokens_to_bytes(vocab_path, texts, lambda k: f"token {texts[k]!r}")
     vocab = dict(zip(tokens, map(raw.__getitem__, texts)))
     try:
         lines = merges_path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise TokenizerFileError(merges_path, "file", "not found") from None
     parts: list[str] = []
-    wheres: list[str] = []
+    linenos: list[int] = []
     for lineno, line in enumerate(lines, start=1):
         if not line or line.startswith("#version"):
             continue
@@ -92,8 +96,8 @@ def read_gpt2_files(vocab_path: str | Path, merges_path: str | Path) -> BPEData:
         if len(pair) != 2:
             raise TokenizerFileError(merges_path, f"line {lineno}", f"expected two tokens separated by a space, got {line!r}")
         parts += pair
-        wheres.append(f"line {lineno}")
-    halves = iter(_all_text_tokens_to_bytes(merges_path, parts, [w for w in wheres for _ in range(2)]))
+        linenos.append(lineno)
+    halves = iter(_all_text_tokens_to_bytes(merges_path, parts, lambda k: f"line {linenos[k // 2]}"))
     merges = list(zip(halves, halves))
     _check_bytes(vocab_path, vocab)
     _check_merges(merges_path, vocab, merges)

@@ -7,33 +7,26 @@ merge round and little per piece, so it wins from a few hundred pieces on (a fre
 
 from __future__ import annotations
 
-from itertools import accumulate, chain
+from itertools import chain
 from operator import attrgetter
 
 import numpy as np
 from tokenizers import models
 
 from .batch_bpe import BatchBPE
-from .byte_level import bytes_to_token_text
+from .byte_level import bytes_to_token_text, bytes_to_token_texts
 from .formats import BPEData
 
 BATCH_FROM = 512
 _TOKEN_ID = attrgetter("id")
 
 
-def tokens_as_text(tokens: list[bytes]) -> list[str]:
-    """`bytes_to_token_text` of each token, in one translate: byte-level text has one character per byte."""
-    text = bytes_to_token_text(b"".join(tokens))
-    ends = list(accumulate(map(len, tokens)))
-    return list(map(text.__getitem__, map(slice, [0, *ends[:-1]], ends)))
-
-
 class PieceBPE:
     def __init__(self, data: BPEData) -> None:
         self.batch = BatchBPE(data.vocab, data.merges)
         tokens = list(data.vocab)
-        vocab = dict(zip(tokens_as_text(tokens), data.vocab.values()))
-        texts = iter(tokens_as_text([part for pair in data.merges for part in pair]))
+        vocab = dict(zip(bytes_to_token_texts(tokens), data.vocab.values()))
+        texts = iter(bytes_to_token_texts([part for pair in data.merges for part in pair]))
         merges = list(zip(texts, texts))
         self.model = models.BPE(vocab=vocab, merges=merges, cache_capacity=0)  # Koi caches pieces itself
 
