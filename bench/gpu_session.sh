@@ -41,8 +41,8 @@ stage_tests() {
 }
 
 stage_train_tests() {  # koi-train's suite alone on the card (the longest; nox -s gpu runs all five)
-  # KOI_TEST_WORKERS=8 spreads the tests over 8 processes (pytest-xdist, carried in .carry/whl):
-  # most of the suite is CPU-bound runs of tiny models, and the card's machine has 16 cores.
+  # KOI_TEST_WORKERS=N spreads the tests over N processes (pytest-xdist, carried in .carry/whl). On the
+  # card 8 workers were slower than one process (2026-12-03: not done in 250 s against 270 s), so 1 is the default.
   local spread=""
   [ "${KOI_TEST_WORKERS:-1}" -gt 1 ] && spread="-n ${KOI_TEST_WORKERS}"
   TRITON_INTERPRET=0 timeout "${KOI_TEST_TIMEOUT:-480}" python3 -m pytest -q -p no:cacheprovider -rf --timeout 240 $spread \

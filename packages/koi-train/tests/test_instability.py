@@ -160,6 +160,33 @@ def test_lr_cut_skips_then_lowers_the_rate_for_k_steps(prepared, tmp_path):
     assert [(r["step"], r["reason"]) for r in rebases] == [(26, "lr_jump")]  # the LR doubling back is a planned change
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side-stream copy exists on CUDA only")
+def test_a_snapshot_copied_on_the_side_stream_holds_the_weights_of_its_capture():
+    """The copy runs beside the compute stream; a write fenced behind it must not leak into the snapshot."""
+    from koi_train.optimizer_set import OptimizerSet
+    from koi_train.snapshots import SnapshotStore
+
+    model = torch.nn.Linear(4096, 4096, device="cuda")  # 64 MB: a copy long enough for a race to show
+    optimizer = OptimizerSet([torch.optim.AdamW(model.parameters())])
+    model(torch.randn(2, 4096, device="cuda")).sum().backward()
+    optimizer.step()
+    store = SnapshotStore(model, optimizer, every=1)
+    for step in range(3):
+        before = model.weight.detach().clone()
+        moment = optimizer.optimizers[0].state[model.weight]["exp_avg"].clone()
+        snap = store.capture(step)
+        store.fence()
+        with torch.no_grad():  # what the optimizer step would do next, as soon as the compute stream may
+            model.weight.add_(1.0)
+            optimizer.optimizers[0].state[model.weight]["exp_avg"].mul_(0.0)
+        torch.cuda.synchronize()
+        assert torch.equal(snap.model["weight"], before.cpu()), step
+        assert torch.equal(snap.optimizer[0]["exp_avg"], moment.cpu()), step
+        store.promote()
+    store.restore(snap)
+    torch.testing.assert_close(model.weight.detach(), before)
+
+
 def test_snapshot_buffers_are_pinned_ahead_and_reused_by_later_captures():
     """Pinning host memory inside a step would stall it: the buffers come from a background thread, then get reused."""
     from koi_train.optimizer_set import OptimizerSet

@@ -154,6 +154,7 @@ class InstabilityGuard:
         """Judge the last update before ``change`` carries it elsewhere (an expert switch spreads it to the others)."""
         if self.enabled:
             self._judge_last_update(step)
+        self.snapshots.fence()  # the change writes weights that a snapshot may still be copying
         result = change()
         if self.enabled:
             self.rebase(step, reason)

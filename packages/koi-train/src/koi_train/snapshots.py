@@ -7,8 +7,12 @@ snapshots (the newer one can still turn out to be bad, when damage shows only a 
 and at most one pending one, so three host copies of the model and its optimizer state at most.
 
 Cost on a GPU: one device-to-host copy of weights and optimizer state per snapshot, into pinned
-buffers reused from snapshot to snapshot (asynchronous, so no host sync), plus a NaN/Inf test of
-every tensor whose result is read only after the trainer's own sync at the end of the step.
+buffers reused from snapshot to snapshot, plus a NaN/Inf test of every tensor whose result is read
+only after the trainer's own sync at the end of the step. The copy (1.5 GB at 124M with AdamW,
+about 30 ms) runs on a side stream, so the copy engine works while the step's forward and backward
+compute; on the compute stream it cost 1.7% tok/s on an H200 (BENCHMARKS.md, fifth session).
+Whatever writes weights or optimizer state next (the optimizer step, a restore, an expert switch)
+calls `fence` first, so the copy always sees the weights as they were at the capture.
 Pinning host memory is slow (about a second per GB), so the three buffer sets are allocated by a
 background thread once the optimizer state exists, not inside a training step.
 Restoring copies back in place, so DDP, the optimizers and the mixture keep their references.
@@ -17,6 +21,7 @@ Restoring copies back in place, so DDP, the optimizers and the mixture keep thei
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -30,11 +35,14 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def _host_copy(t: torch.Tensor, reuse: torch.Tensor | None) -> torch.Tensor:
-    """``t`` copied to host memory, into ``reuse`` when it fits (no new pinned allocation)."""
+def _host_copy(t: torch.Tensor, reuse: torch.Tensor | None, stream: torch.cuda.Stream | None = None) -> torch.Tensor:
+    """``t`` copied to host memory, into ``reuse`` when it fits (no new pinned allocation); on
+    ``stream`` when given, where ``t`` is marked in use so its memory is not handed out meanwhile."""
     t = _local(t).detach()
     if reuse is None or reuse.shape != t.shape or reuse.dtype != t.dtype:
         reuse = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+    if stream is not None and t.is_cuda:
+        t.record_stream(stream)
     return reuse.copy_(t, non_blocking=True)
 
 
@@ -86,6 +94,9 @@ class SnapshotStore:
         self._spares: list[Snapshot] = []  # buffer sets of dropped (or pre-allocated) snapshots, reused by captures
         self._lock = threading.Lock()
         self._allocator: threading.Thread | None = None
+        self._copy_stream: torch.cuda.Stream | None = None
+        self._copied: torch.cuda.Event | None = None  # the side stream's copy of the last capture, until fenced
+        self._copied_device: torch.device | None = None
 
     def warm_up(self) -> None:
         """Start pinning the host buffers of every snapshot to come, in the background (once optimizer state exists)."""
@@ -114,6 +125,22 @@ class SnapshotStore:
         """A snapshot is due every `every` steps after the last good one, or at once when there is none."""
         return self.every > 0 and (not self.good or step - self.good[-1].step >= self.every)
 
+    def _side_stream(self, state: dict[str, torch.Tensor]) -> torch.cuda.Stream | None:
+        """The stream the copies run on: a side stream that first waits for the compute stream (CUDA only)."""
+        device = next((_local(t).device for t in state.values() if _local(t).is_cuda), None)
+        if device is None:
+            return None
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(device)
+        self._copy_stream.wait_stream(torch.cuda.current_stream(device))
+        return self._copy_stream
+
+    def fence(self) -> None:
+        """Make the compute stream wait for the copy in flight: call before writing weights or optimizer state."""
+        if self._copied is not None:
+            torch.cuda.current_stream(self._copied_device).wait_event(self._copied)
+            self._copied = None
+
     def capture(self, step: int, extra: dict | None = None) -> Snapshot:
         """Copy weights and optimizer state to host memory as the pending snapshot; ``extra`` is kept as is."""
         if self.pending is not None:
@@ -121,14 +148,19 @@ class SnapshotStore:
         old = self._take_spare()
         snap = Snapshot(step, extra=extra or {})
         state = self.model.state_dict()
-        snap.model = {name: _host_copy(t, old.model.get(name) if old else None) for name, t in state.items()}
-        old_states = old.optimizer if old else []
-        for i, (opt, p) in enumerate(_optimizer_states(self.optimizer)):
-            current = opt.state.get(p)
-            previous = old_states[i] if i < len(old_states) else None
-            snap.optimizer.append(None if not current else {
-                k: _host_copy(v, (previous or {}).get(k)) if torch.is_tensor(v) else v for k, v in current.items()})
-            snap.devices.append({k: _local(v).device for k, v in (current or {}).items() if torch.is_tensor(v)})
+        stream = self._side_stream(state)
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            snap.model = {name: _host_copy(t, old.model.get(name) if old else None, stream) for name, t in state.items()}
+            old_states = old.optimizer if old else []
+            for i, (opt, p) in enumerate(_optimizer_states(self.optimizer)):
+                current = opt.state.get(p)
+                previous = old_states[i] if i < len(old_states) else None
+                snap.optimizer.append(None if not current else {
+                    k: _host_copy(v, (previous or {}).get(k), stream) if torch.is_tensor(v) else v for k, v in current.items()})
+                snap.devices.append({k: _local(v).device for k, v in (current or {}).items() if torch.is_tensor(v)})
+        if stream is not None:
+            self._copied, self._copied_device = torch.cuda.Event(), stream.device
+            self._copied.record(stream)
         tensors = list(state.values()) + [v for s in (opt.state.get(p) for opt, p in _optimizer_states(self.optimizer)) if s
                                           for v in s.values() if torch.is_tensor(v)]
         snap.finite = all_finite(tensors)
@@ -170,6 +202,7 @@ class SnapshotStore:
     @torch.no_grad()
     def restore(self, snap: Snapshot) -> None:
         """Copy a snapshot back into the live tensors, in place."""
+        self.fence()  # the snapshot may be the one still being copied out
         for name, t in self.model.state_dict().items():
             _local(t).copy_(snap.model[name], non_blocking=True)
         for (opt, p), saved, saved_devices in zip(_optimizer_states(self.optimizer), snap.optimizer, snap.devices, strict=True):

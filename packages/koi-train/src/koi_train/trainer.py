@@ -114,6 +114,8 @@ class Trainer:
         for _ in range(tc.grad_accum):
             x, y = p.train_data.next_batch()
             loss = self.compute_loss(x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True))
+            if tc.optimizer_in_backward:  # backward writes the weights: the snapshot's copy must be done
+                self.guard.snapshots.fence()
             (loss / tc.grad_accum).backward()
             part = loss.detach().float() / tc.grad_accum  # summed on the device: no host read per micro-batch
             total = part if total is None else total + part
@@ -137,6 +139,7 @@ class Trainer:
         p = self.parts
         p.optimizer.set_lr_multiplier(self.guard.lr_multiplier(self.step))
         if event is None:
+            self.guard.snapshots.fence()
             p.optimizer.step()
         p.optimizer.zero_grad()
 
@@ -146,6 +149,7 @@ class Trainer:
         skip = self.guard.device_gate(loss_t, norm_t) if self.guard.enabled else None
         multiplier = self.guard.scheduled_multiplier(self.step)
         p.optimizer.set_lr_multiplier(multiplier)
+        self.guard.snapshots.fence()  # the update must not overtake the snapshot's copy (side stream)
         step_gated(p.optimizer, skip)
         p.optimizer.zero_grad()
         lr = p.optimizer.optimizers[0].param_groups[0]["lr"]
@@ -262,11 +266,11 @@ class Trainer:
                     self._stop_at_boundary(metrics)
                 if self.judge_late and self.guard.needs_settled(self.step):
                     self._settle()  # a snapshot is due or pending: it must see every earlier step judged
-                self.guard.before_step(self.step)
                 if p.sparsity is not None:  # 2:4 masks: dense first, then recomputed on schedule
                     p.sparsity.before_step(self.step)
                 if p.quant_warmup is not None:  # full precision first, then the plan's formats
                     p.quant_warmup.before_step(self.step)
+                self.guard.before_step(self.step)  # last: a snapshot sees this step's masks, and nothing writes after it
                 loss_t, norm_t = self.train_step()
                 if self.judge_late:
                     if self._settle():  # the previous step rolled the weights back: this one ran on discarded weights
