@@ -71,3 +71,30 @@ def test_fp32_weights_keep_the_residual_stream_in_fp32():
     # full remat keeps one residual-stream tensor per layer, plus one block's worth while it is recomputed
     assert activation_bytes("full", batch=32, seq=1024, width=768, layers=12, bytes_per_value=2, residual_bytes=4) == \
         (12 * 4 + 2 * 4 + 14 * 2) * btc
+
+
+def test_block_shapes_move_the_estimate_the_way_their_tensors_do():
+    """SwiGLU at 8C/3 keeps as much as GPT-2's 4C MLP; fewer k/v heads keep less; QK-norm keeps more;
+    and every remat mode still orders the same way with those shifts."""
+    import torch
+
+    from koi_train.config import ModelConfig
+    from koi_train.memory_estimate import BlockUnits
+    from koi_train.models import build_model
+
+    def units(**spec) -> BlockUnits:
+        with torch.device("meta"):
+            return BlockUnits.of(build_model(ModelConfig(**spec)).spec)
+
+    gpt2 = units(arch="gpt2", preset="gpt2-124M")
+    llama = units(arch="llama", preset="llama-124M", n_kv_head=12)
+    assert gpt2 == BlockUnits(0, 0) and llama.mlp == pytest.approx(0) and llama.attention == pytest.approx(0)
+    assert units(arch="llama", preset="llama-124M", n_kv_head=4).attention == pytest.approx(2 * (4 / 12 - 1))
+    qk = units(arch="llama", preset="llama-124M", n_kv_head=12, qk_norm=True)
+    assert qk.attention > 0
+    for block in (gpt2, qk, units(arch="llama", preset="llama-124M", n_kv_head=4)):
+        sizes = [activation_bytes(m, batch=8, seq=1024, width=768, layers=12, block=block) for m in ("none", "ffn", "selective", "full")]
+        assert sizes == sorted(sizes, reverse=True), block
+    plain = activation_bytes("none", batch=8, seq=1024, width=768, layers=12)
+    with_qk_norm = activation_bytes("none", batch=8, seq=1024, width=768, layers=12, block=qk)
+    assert with_qk_norm == plain + int(qk.attention * 12 * 8 * 1024 * 768 * 2)

@@ -5,7 +5,12 @@ Counts the tensors a pre-norm transformer block keeps for backward, in units of 
 (flash attention keeps no T x T scores; the fused loss keeps no B*T*V logits):
 attention half: LN input, LN output, q, k, v, attention output = 6; MLP half: LN input, LN output,
 up-projection output (4C), activation output (4C) = 10. Remat keeps only module inputs instead
-and recomputes one block's worth during backward (after Korthikanti et al., 2022). The LN inputs
+and recomputes one block's worth during backward (after Korthikanti et al., 2022). Other block
+shapes shift those counts (`BlockUnits`): a gated MLP keeps three hidden-sized tensors where
+GPT-2's keeps two, grouped-query attention smaller k and v, and QK-norm 3 more units per layer
+(measured, not derived: on an H200 the Llama-style 124M with QK-norm peaked 2.9 units per layer
+above GPT-2 124M; its norms of the bf16 q and k promote to fp32 against their fp32 weights).
+The LN inputs
 are the residual stream, which under autocast keeps the weights' dtype (fp32 unless
 optimizer.weights is bf16); everything else is in the autocast dtype. Checked on an H200 against
 torch.cuda.max_memory_allocated: GPT-2 124M (no remat, fp32 weights), 1558M (full remat) and
@@ -18,24 +23,50 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .models.llama import LlamaSpec
+
 # (residual-stream units, compute units) per layer: kept for backward, and one block's recompute
 KEPT_PER_LAYER = {"none": (2, 14), "ffn": (2, 5), "selective": (2, 0), "full": (1, 0)}
 RECOMPUTED_PEAK = {"none": (0, 0), "ffn": (1, 10), "selective": (2, 14), "full": (2, 14)}
 
 
+QK_NORM_UNITS = 3.0  # measured on an H200 (module docstring), per layer
+
+
+@dataclass(frozen=True)
+class BlockUnits:
+    """Compute units one block keeps beyond GPT-2's layout (0, 0 for GPT-2 itself)."""
+
+    attention: float = 0.0
+    mlp: float = 0.0
+
+    @classmethod
+    def of(cls, spec) -> BlockUnits:
+        """From a model spec: its MLP width and gating, its k/v heads, QK-norm."""
+        width = spec.n_embd
+        gated = isinstance(spec, LlamaSpec)  # SwiGLU keeps gate, up and their product
+        hidden = getattr(spec, "mlp_hidden", 4 * width)
+        mlp = (3 if gated else 2) * hidden / width - 8
+        kv_share = getattr(spec, "n_kv_head", spec.n_head) / spec.n_head
+        attention = 2 * (kv_share - 1) + (QK_NORM_UNITS if getattr(spec, "qk_norm", False) else 0.0)
+        return cls(attention, mlp)
+
+
 def activation_bytes(mode: str, *, batch: int, seq: int, width: int, layers: int, bytes_per_value: int = 2,
-                     residual_bytes: int | None = None) -> int:
+                     residual_bytes: int | None = None, block: BlockUnits = BlockUnits()) -> int:
     """Activation bytes held at the start of backward (plus the one block being recomputed)."""
     residual_bytes = bytes_per_value if residual_bytes is None else residual_bytes
     (kept_r, kept_c), (peak_r, peak_c) = KEPT_PER_LAYER[mode], RECOMPUTED_PEAK[mode]
+    kept_c += {"none": block.attention + block.mlp, "ffn": block.attention}.get(mode, 0.0)
+    peak_c += {"ffn": block.mlp, "selective": block.attention + block.mlp, "full": block.attention + block.mlp}.get(mode, 0.0)
     per_value = (kept_r * layers + peak_r) * residual_bytes + (kept_c * layers + peak_c) * bytes_per_value
-    return per_value * batch * seq * width
+    return int(per_value * batch * seq * width)
 
 
 def remat_report(mode: str, *, batch: int, seq: int, width: int, layers: int, bytes_per_value: int,
-                 residual_bytes: int | None = None) -> str:
+                 residual_bytes: int | None = None, block: BlockUnits = BlockUnits()) -> str:
     sizes = {m: activation_bytes(m, batch=batch, seq=seq, width=width, layers=layers, bytes_per_value=bytes_per_value,
-                                 residual_bytes=residual_bytes) for m in KEPT_PER_LAYER}
+                                 residual_bytes=residual_bytes, block=block) for m in KEPT_PER_LAYER}
     table = ", ".join(f"{m} {b / 2**30:.2f}" for m, b in sizes.items())
     saved = 1 - sizes[mode] / sizes["none"]
     return f"remat {mode}: activations about {sizes[mode] / 2**30:.2f} GiB (estimate; GiB per mode: {table}; saves {saved:.0%})"
@@ -89,7 +120,7 @@ def estimate_run_memory(model: nn.Module, *, optimizer: str, muon_matrices: int 
         state_bytes = count * OPTIMIZER_STATE_BYTES.get(optimizer, OPTIMIZER_STATE_BYTES["adamw"])
     spec = model.spec
     activations = activation_bytes(remat, batch=batch, seq=seq, width=spec.n_embd, layers=spec.n_layer,
-                                   bytes_per_value=compute_bytes, residual_bytes=residual_bytes)
+                                   bytes_per_value=compute_bytes, residual_bytes=residual_bytes, block=BlockUnits.of(spec))
     rows = batch * seq
     chunk = min(rows * spec.vocab_size, max(spec.vocab_size, LOSS_CHUNK_LOGITS // spec.vocab_size * spec.vocab_size))
     loss = rows * spec.n_embd * compute_bytes + spec.vocab_size * spec.n_embd * 4 + chunk * compute_bytes

@@ -16,7 +16,7 @@ from koi_tokenizer import Tokenizer
 from .config import ConfigError, RunConfig
 from .data import RandomWindows, open_shards
 from .distributed import DistInfo, device_for, wrap_model
-from .memory_estimate import MemoryEstimate, estimate_run_memory, remat_report
+from .memory_estimate import BlockUnits, MemoryEstimate, estimate_run_memory, remat_report
 from .mixture import ExpertMixture, expert_model_config
 from .models import build_model, count_parameters, resolve_sizes
 from .objective import NextTokenLoss
@@ -106,7 +106,8 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     compute_bytes = 2 if device.type == "cuda" else 4
     residual_bytes = 2 if cfg.optimizer.weights == "bf16" and device.type == "cuda" else 4  # the weights' dtype, under autocast
     report.append(remat_report(cfg.remat.mode, batch=cfg.train.batch_size, seq=block_size, width=model.spec.n_embd,
-                               layers=model.spec.n_layer, bytes_per_value=compute_bytes, residual_bytes=residual_bytes)
+                               layers=model.spec.n_layer, bytes_per_value=compute_bytes, residual_bytes=residual_bytes,
+                               block=BlockUnits.of(model.spec))
                   + (f", recomputing {len(wrapped)} modules" if wrapped else ""))
     model.to(device)
     if cfg.optimizer.weights == "bf16":  # parameters only: buffers such as RoPE tables keep fp32
