@@ -38,3 +38,20 @@ def test_rotation_preserves_norm_and_position_zero_is_identity(device):
     y, _ = rope(x, x, cos.to(device), sin.to(device))
     torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(y[:, :, 0], x[:, :, 0])
+
+
+def test_under_compile_auto_dispatch_leaves_rope_to_inductor(monkeypatch):
+    """A CUDA tensor takes the Triton kernel in eager, the fusable reference while torch.compile traces."""
+    import types
+
+    from koi_kernels import dispatch
+
+    monkeypatch.delenv("KOI_KERNELS", raising=False)
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    cuda_tensor = types.SimpleNamespace(is_cuda=True)
+    assert dispatch.use_triton(cuda_tensor, fusable=True) and dispatch.use_triton(cuda_tensor)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not dispatch.use_triton(cuda_tensor, fusable=True)
+    assert dispatch.use_triton(cuda_tensor)  # a kernel Inductor cannot write (fused loss, fp8) stays
+    monkeypatch.setenv("KOI_KERNELS", "triton")
+    assert dispatch.use_triton(cuda_tensor, fusable=True)  # forced stays forced

@@ -2,7 +2,9 @@
 
 Default: Triton for CUDA tensors, the reference elsewhere. KOI_KERNELS=triton forces Triton (with
 TRITON_INTERPRET=1 this runs the kernels on CPU, which is how CI tests them); KOI_KERNELS=torch
-forces the reference everywhere.
+forces the reference everywhere. Under torch.compile, "auto" gives a pointwise op whose reference
+Inductor can fuse with its neighbours (RoPE after the q/k projections and norms) the reference:
+a hand-written kernel is opaque to Inductor and costs its own pass over memory.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def triton_available() -> bool:
     return True
 
 
-def use_triton(t: torch.Tensor) -> bool:
+def use_triton(t: torch.Tensor, *, fusable: bool = False) -> bool:
+    """``fusable``: the op is pointwise, so under torch.compile its reference fuses (auto mode only)."""
     mode = kernel_mode()
     if mode == "torch":
         return False
@@ -37,4 +40,6 @@ def use_triton(t: torch.Tensor) -> bool:
         if not triton_available():
             raise RuntimeError("KOI_KERNELS=triton but triton is not installed")
         return True
+    if fusable and torch.compiler.is_compiling():
+        return False
     return t.is_cuda and triton_available()

@@ -27,6 +27,6 @@ class _Rope(torch.autograd.Function):
 
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q (B, H, T, D) and k (B, Hkv, T, D) for positions start..start+T-1; cos/sin (max_T, D/2)."""
-    if use_triton(q):
+    if use_triton(q, fusable=True):
         return _Rope.apply(q, cos, sin, start), _Rope.apply(k, cos, sin, start)
     return rope_reference(q, cos, sin, start), rope_reference(k, cos, sin, start)
