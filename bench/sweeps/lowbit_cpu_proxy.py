@@ -58,6 +58,7 @@ def variant(spec: str) -> tuple[str, str, list[str]]:
 
 
 def launch(work: Path, spec: str, steps: int) -> tuple[str, subprocess.Popen]:
+    """Start one variant's `koi-train run` (its output in ``work/<name>.log``); the caller waits."""
     name, fmt_spec, overrides = variant(spec)
     fmt, warmup = parse_format(fmt_spec)
     cfg = base_config(work, name, steps)
@@ -65,10 +66,10 @@ def launch(work: Path, spec: str, steps: int) -> tuple[str, subprocess.Popen]:
     path = work / f"{name}.json"
     path.write_text(json.dumps(cfg))
     sets = [a for o in overrides for a in ("--set", o)]
-    log = open(work / f"{name}.log", "w")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = [sys.executable, "-m", "koi_train", "run", str(path), *sets]
-    return name, subprocess.Popen(cli, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(work / f"{name}.log", "w") as log:  # the child keeps its own handle
+        return name, subprocess.Popen(cli, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def final_val(work: Path, name: str) -> float:
@@ -97,8 +98,8 @@ def main() -> None:
                 print(f"{name}: failed, see {work / (name + '.log')}", flush=True)
                 continue
             results[name] = final_val(work, name)
-            base = next(iter(results.values()))
-            print(f"{name:<24} val {results[name]:.4f}  ratio to {next(iter(results))} {results[name] / base:.4f}x", flush=True)
+            baseline = next(iter(results))
+            print(f"{name:<24} val {results[name]:.4f}  ratio to {baseline} {results[name] / results[baseline]:.4f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,7 @@ shapes shift those counts (`BlockUnits`): a gated MLP keeps three hidden-sized t
 GPT-2's keeps two, grouped-query attention smaller k and v, and QK-norm 3 more units per layer
 (measured, not derived: on an H200 the Llama-style 124M with QK-norm peaked 2.9 units per layer
 above GPT-2 124M; its norms of the bf16 q and k promote to fp32 against their fp32 weights).
-The LN inputs
-are the residual stream, which under autocast keeps the weights' dtype (fp32 unless
+The LN inputs are the residual stream, which under autocast keeps the weights' dtype (fp32 unless
 optimizer.weights is bf16); everything else is in the autocast dtype. Checked on an H200 against
 torch.cuda.max_memory_allocated: GPT-2 124M (no remat, fp32 weights), 1558M (full remat) and
 1558M with bf16 weights, 8-bit states stepped in backward all land within 8% (BENCHMARKS.md).
@@ -28,6 +27,9 @@ from .models.llama import LlamaSpec
 # (residual-stream units, compute units) per layer: kept for backward, and one block's recompute
 KEPT_PER_LAYER = {"none": (2, 14), "ffn": (2, 5), "selective": (2, 0), "full": (1, 0)}
 RECOMPUTED_PEAK = {"none": (0, 0), "ffn": (1, 10), "selective": (2, 14), "full": (2, 14)}
+# which halves of the block (attention, MLP) those compute units cover: where a block's own shape shifts them
+KEPT_HALVES = {"none": (1, 1), "ffn": (1, 0), "selective": (0, 0), "full": (0, 0)}
+RECOMPUTED_HALVES = {"none": (0, 0), "ffn": (0, 1), "selective": (1, 1), "full": (1, 1)}
 
 
 QK_NORM_UNITS = 3.0  # measured on an H200 (module docstring), per layer
@@ -51,14 +53,18 @@ class BlockUnits:
         attention = 2 * (kv_share - 1) + (QK_NORM_UNITS if getattr(spec, "qk_norm", False) else 0.0)
         return cls(attention, mlp)
 
+    def shift(self, halves: tuple[int, int]) -> float:
+        """The units these halves (attention, MLP) add: 1 where a half is counted, 0 where not."""
+        return halves[0] * self.attention + halves[1] * self.mlp
+
 
 def activation_bytes(mode: str, *, batch: int, seq: int, width: int, layers: int, bytes_per_value: int = 2,
                      residual_bytes: int | None = None, block: BlockUnits = BlockUnits()) -> int:
     """Activation bytes held at the start of backward (plus the one block being recomputed)."""
     residual_bytes = bytes_per_value if residual_bytes is None else residual_bytes
     (kept_r, kept_c), (peak_r, peak_c) = KEPT_PER_LAYER[mode], RECOMPUTED_PEAK[mode]
-    kept_c += {"none": block.attention + block.mlp, "ffn": block.attention}.get(mode, 0.0)
-    peak_c += {"ffn": block.mlp, "selective": block.attention + block.mlp, "full": block.attention + block.mlp}.get(mode, 0.0)
+    kept_c += block.shift(KEPT_HALVES[mode])
+    peak_c += block.shift(RECOMPUTED_HALVES[mode])
     per_value = (kept_r * layers + peak_r) * residual_bytes + (kept_c * layers + peak_c) * bytes_per_value
     return int(per_value * batch * seq * width)
 

@@ -96,7 +96,6 @@ class SnapshotStore:
         self._allocator: threading.Thread | None = None
         self._copy_stream: torch.cuda.Stream | None = None
         self._copied: torch.cuda.Event | None = None  # the side stream's copy of the last capture, until fenced
-        self._copied_device: torch.device | None = None
 
     def warm_up(self) -> None:
         """Start pinning the host buffers of every snapshot to come, in the background (once optimizer state exists)."""
@@ -138,7 +137,7 @@ class SnapshotStore:
     def fence(self) -> None:
         """Make the compute stream wait for the copy in flight: call before writing weights or optimizer state."""
         if self._copied is not None:
-            torch.cuda.current_stream(self._copied_device).wait_event(self._copied)
+            torch.cuda.current_stream(self._copy_stream.device).wait_event(self._copied)
             self._copied = None
 
     def capture(self, step: int, extra: dict | None = None) -> Snapshot:
@@ -159,7 +158,7 @@ class SnapshotStore:
                     k: _host_copy(v, (previous or {}).get(k), stream) if torch.is_tensor(v) else v for k, v in current.items()})
                 snap.devices.append({k: _local(v).device for k, v in (current or {}).items() if torch.is_tensor(v)})
         if stream is not None:
-            self._copied, self._copied_device = torch.cuda.Event(), stream.device
+            self._copied = torch.cuda.Event()
             self._copied.record(stream)
         tensors = list(state.values()) + [v for s in (opt.state.get(p) for opt, p in _optimizer_states(self.optimizer)) if s
                                           for v in s.values() if torch.is_tensor(v)]
