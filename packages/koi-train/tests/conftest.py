@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,21 @@ NEEDED = ["corpus/pydocs-val.txt"]  # all these tests read
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: starts several processes (torchrun); runs in CI all the same, kept to seconds")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_reaches_python():
+    """The Ctrl-C tests need SIGINT to reach Python, whatever the shell that started pytest did.
+
+    A shell starts background jobs (``cmd &``) with SIGINT ignored, Python keeps an ignored SIGINT
+    ignored, and so do the processes the tests start; the trainer rightly leaves that choice alone.
+    Installing Python's own handler here also resets the children to the default at exec.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def shared_data() -> Path:
