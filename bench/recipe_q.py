@@ -10,6 +10,7 @@ seeds and each format's ratio to bf16 under the same optimizer.
 
     python bench/recipe_q.py --formats bf16,int4,ternary --seeds 1,2,3 --optimizer muon
     python bench/recipe_q.py --formats bf16,ternary,ternary+wu0.5/0.2 --seeds 1,2   # +wu: quantization warm-up
+    python bench/recipe_q.py --formats bf16,binary+wu0.3/0.4+g128 --seeds 1,2      # +g: scales per 128 inputs
     python bench/recipe_q.py --formats bf16 --variant wsd:train.schedule=wsd --variant emb:optimizer.embedding_lr=0.006
     python bench/recipe_q.py --formats bf16 --seeds 1 --steps 50          # a quick check of the script
 """
@@ -49,17 +50,25 @@ BLOCK_PATTERN = {"gpt2": "transformer.h.*", "llama": "model.layers.*"}
 
 
 def parse_format(spec: str) -> tuple[str, dict]:
-    """``ternary`` or ``ternary+wu0.5/0.2``: a format, optionally with a quantization warm-up
-    (full precision for the first 50% of steps, then a ramp to fully quantized over 20%)."""
-    fmt, _, warmup = spec.partition("+wu")
-    if not warmup:
-        return fmt, {}
-    after, _, ramp = warmup.partition("/")
-    return fmt, {"quantize_after": float(after), "quantize_ramp": float(ramp or 0)}
+    """``ternary``, ``ternary+wu0.5/0.2`` or ``binary+wu0.3/0.4+g128``: a format, optionally with a
+    quantization warm-up (full precision for the first 50% of steps, then a ramp to fully quantized
+    over 20%) and scales per group of 128 inputs. Both are per format, so one call can set a lever on
+    the low-bit rows only and keep a single bf16 baseline beside them."""
+    fmt, *levers = spec.split("+")
+    precision: dict = {}
+    for lever in levers:
+        if lever.startswith("wu"):
+            after, _, ramp = lever[2:].partition("/")
+            precision.update(quantize_after=float(after), quantize_ramp=float(ramp or 0))
+        elif lever.startswith("g") and lever[1:].isdigit():
+            precision["group_size"] = int(lever[1:])
+        else:
+            raise SystemExit(f"--formats: {spec!r}: unknown lever {lever!r} (expected wuAFTER/RAMP or gSIZE)")
+    return fmt, precision
 
 
 def config(name: str, spec: str, seed: int, optimizer: str, steps: int, shards: Path, out: Path, model: str = "gpt2") -> dict:
-    fmt, warmup = parse_format(spec)
+    fmt, levers = parse_format(spec)
     plan = {BLOCK_PATTERN[model]: fmt} if fmt != "bf16" else {}
     return {
         "name": name, "out_dir": str(out), "seed": seed,
@@ -68,7 +77,7 @@ def config(name: str, spec: str, seed: int, optimizer: str, steps: int, shards: 
         "train": {"steps": steps, "batch_size": 16, "lr": 6e-4, "warmup_steps": steps // 10, "schedule": "cosine",
                   "min_lr_ratio": 0.1, "grad_clip": 1.0, "device": "cuda", "compile": True, "log_every": 50},
         "optimizer": OPTIMIZERS[optimizer],
-        "precision": {"plan": plan, **warmup},
+        "precision": {"plan": plan, **levers},
         "eval": {"every": 0, "max_windows": 8, "sample_prompt": None},
         "checkpoint": {"every": 0, "keep_last": 1},
     }
