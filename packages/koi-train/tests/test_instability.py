@@ -211,3 +211,15 @@ def test_snapshot_buffers_are_pinned_ahead_and_reused_by_later_captures():
         held = [snap.model[n] for n in snap.model] + [t for s in snap.optimizer for t in s.values() if torch.is_tensor(t)]
         assert all(id(t) in buffers for t in held), step  # no allocation in the step
         torch.testing.assert_close(snap.model["weight"], model.weight.detach())
+
+
+def test_nonfinite_values_are_found_on_the_host_and_on_the_accelerator_alike():
+    """AdamW's foreach ``step`` stays on the host beside weights on the GPU; one verdict covers both."""
+    from koi_train.snapshots import all_finite
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    weights, step = torch.ones(4, device=device), torch.tensor(3.0)
+    assert bool(all_finite([weights, step])) and all_finite([weights, step]).device == weights.device
+    assert not bool(all_finite([weights, torch.tensor(float("nan"))]))
+    assert not bool(all_finite([torch.full((4,), float("inf"), device=device), step]))
+    assert not bool(all_finite([weights, torch.full((2,), float("nan"), dtype=torch.float8_e4m3fn), step]))

@@ -62,9 +62,23 @@ def _pinned_like(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """A device bool: every floating-point element of ``tensors`` is finite (no host sync)."""
-    flags = [_finite(_local(t)) for t in tensors if t.is_floating_point() and t.numel()]
-    return torch.stack(flags).all() if flags else torch.tensor(True)
+    """A bool on the tensors' accelerator (no host sync): every floating-point element of ``tensors`` is finite.
+
+    Optimizer state can sit on the host beside weights on the GPU (AdamW's foreach ``step``, an
+    8-bit optimizer's counters): host tensors are judged on the host at once, the rest where they
+    live, since one stack across devices is refused.
+    """
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        t = _local(t)
+        if t.is_floating_point() and t.numel():
+            flags.setdefault(t.device, []).append(_finite(t))
+    host_ok = all(bool(flag) for flag in flags.pop(torch.device("cpu"), []))
+    if not flags:
+        return torch.tensor(host_ok)
+    device = next(iter(flags))
+    verdict = torch.stack([torch.stack(group).all().to(device) for group in flags.values()]).all()
+    return verdict if host_ok else torch.zeros((), dtype=torch.bool, device=device)
 
 
 def _optimizer_states(optimizer: OptimizerSet) -> list[tuple[torch.optim.Optimizer, nn.Parameter]]:
