@@ -182,7 +182,7 @@ def test_a_snapshot_copied_on_the_side_stream_holds_the_weights_of_its_capture()
         torch.cuda.synchronize()
         assert torch.equal(snap.model["weight"], before.cpu()), step
         assert torch.equal(snap.optimizer[0]["exp_avg"], moment.cpu()), step
-        store.promote()
+        store.promote(step)
     store.restore(snap)
     torch.testing.assert_close(model.weight.detach(), before)
 
@@ -196,7 +196,7 @@ def test_snapshot_buffers_are_pinned_ahead_and_reused_by_later_captures():
     optimizer = OptimizerSet([torch.optim.AdamW(model.parameters())])
     store = SnapshotStore(model, optimizer, every=1)
     store.capture(0)
-    store.promote()
+    store.promote(0)
     store.warm_up()
     assert store._allocator is None  # no optimizer state yet: nothing to size the buffers by
     model(torch.randn(2, 8)).sum().backward()
@@ -207,7 +207,7 @@ def test_snapshot_buffers_are_pinned_ahead_and_reused_by_later_captures():
     assert len(store._spares) == 3 and len(buffers) == 3 * (2 + 2 * 3)  # weight, bias; step, exp_avg, exp_avg_sq each
     for step in range(1, 6):
         snap = store.capture(step)
-        store.promote()
+        store.promote(step)
         held = [snap.model[n] for n in snap.model] + [t for s in snap.optimizer for t in s.values() if torch.is_tensor(t)]
         assert all(id(t) in buffers for t in held), step  # no allocation in the step
         torch.testing.assert_close(snap.model["weight"], model.weight.detach())
@@ -223,3 +223,23 @@ def test_nonfinite_values_are_found_on_the_host_and_on_the_accelerator_alike():
     assert not bool(all_finite([weights, torch.tensor(float("nan"))]))
     assert not bool(all_finite([torch.full((4,), float("inf"), device=device), step]))
     assert not bool(all_finite([weights, torch.full((2,), float("nan"), dtype=torch.float8_e4m3fn), step]))
+
+
+def test_a_pending_snapshot_waits_for_its_own_steps_verdict():
+    """Judged late, step s-1's verdict can arrive after step s's capture: it must not vouch for s's weights,
+    and no second capture may start before s is judged (the trainer then need not drain the GPU for it)."""
+    from koi_train.optimizer_set import OptimizerSet
+    from koi_train.snapshots import SnapshotStore
+
+    model = torch.nn.Linear(8, 8)
+    store = SnapshotStore(model, OptimizerSet([torch.optim.AdamW(model.parameters())]), every=10)
+    assert store.due(0)
+    store.capture(0)
+    assert not store.due(1) and not store.due(50)  # pending: judged first
+    store.promote(0)
+    assert [s.step for s in store.good] == [0] and not store.due(9) and store.due(10)
+    store.capture(10)
+    store.promote(9)  # the previous step's verdict
+    assert store.pending is not None and [s.step for s in store.good] == [0]
+    store.promote(10)
+    assert store.pending is None and [s.step for s in store.good] == [0, 10]

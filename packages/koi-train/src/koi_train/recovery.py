@@ -85,9 +85,10 @@ class InstabilityGuard:
             self.snapshots.capture(step, {"history": self.detector.history(), "reference": self._reference})
 
     def needs_settled(self, step: int) -> bool:
-        """Must the previous step be judged before `before_step`? Yes when a snapshot is due or pending:
-        a snapshot carries the detector's history, and is promoted by the next judgment."""
-        return self.enabled and (self.snapshots.due(step) or self.snapshots.pending is not None)
+        """Must the previous step be judged before `before_step`? Only when a snapshot is due: it carries
+        the detector's history, which must include every earlier step. A pending snapshot waits for its
+        own step's judgment, which comes after the next step's launch like any other (no drain)."""
+        return self.enabled and self.snapshots.due(step)
 
     def device_gate(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
         """A device float, 1.0 when `after_step` will flag this step, computed without a host read (detection on).
@@ -129,7 +130,7 @@ class InstabilityGuard:
             self.snapshots.warm_up()  # from the first step with optimizer state on: pins snapshot buffers off the step
             self.detector.accept(loss, grad_norm)
             self._reference = (data_before, loss)
-            self.snapshots.promote()
+            self.snapshots.promote(step)
             return None
         return self._respond(step, anomaly, pending)
 

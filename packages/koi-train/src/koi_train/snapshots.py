@@ -7,7 +7,7 @@ snapshots (the newer one can still turn out to be bad, when damage shows only a 
 and at most one pending one, so three host copies of the model and its optimizer state at most.
 
 Cost on a GPU: one device-to-host copy of weights and optimizer state per snapshot, into pinned
-buffers reused from snapshot to snapshot, plus a NaN/Inf test of every tensor whose result is read
+buffers reused from snapshot to snapshot, plus a NaN/Inf test (a few fused kernels per device and dtype) whose result is read
 only after the trainer's own sync at the end of the step. The copy (1.5 GB at 124M with AdamW,
 about 30 ms) runs on a side stream, so the copy engine works while the step's forward and backward
 compute; on the compute stream it cost 1.7% tok/s on an H200 (BENCHMARKS.md, fifth session).
@@ -61,6 +61,17 @@ def _pinned_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
 
 
+def _group_finite(group: list[torch.Tensor]) -> torch.Tensor:
+    """One bool for tensors of one device and dtype: a few fused kernels, not two launches per tensor.
+
+    The 1-norm carries any NaN or inf through its sum (a max-abs reduction need not propagate NaN);
+    its fp32 sum overflows only past 3e38, where a run is broken anyway, much later than the 2-norm's squares.
+    """
+    if group[0].dtype in NON_FINITE_BITS:
+        return torch.stack([_finite(t) for t in group]).all()
+    return torch.stack(torch._foreach_norm(group, 1)).isfinite().all()
+
+
 def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     """A bool on the tensors' accelerator (no host sync): every floating-point element of ``tensors`` is finite.
 
@@ -68,16 +79,18 @@ def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     8-bit optimizer's counters): host tensors are judged on the host at once, the rest where they
     live, since one stack across devices is refused.
     """
-    flags: dict[torch.device, list[torch.Tensor]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for t in tensors:
         t = _local(t)
         if t.is_floating_point() and t.numel():
-            flags.setdefault(t.device, []).append(_finite(t))
-    host_ok = all(bool(flag) for flag in flags.pop(torch.device("cpu"), []))
+            groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    host = torch.device("cpu")
+    host_ok = all(bool(_group_finite(group)) for (device, _), group in groups.items() if device == host)
+    flags = [_group_finite(group) for (device, _), group in groups.items() if device != host]
     if not flags:
         return torch.tensor(host_ok)
-    device = next(iter(flags))
-    verdict = torch.stack([torch.stack(group).all().to(device) for group in flags.values()]).all()
+    device = flags[0].device
+    verdict = torch.stack([flag.to(device) for flag in flags]).all()
     return verdict if host_ok else torch.zeros((), dtype=torch.bool, device=device)
 
 
@@ -135,8 +148,9 @@ class SnapshotStore:
             return self._spares.pop() if self._spares else None
 
     def due(self, step: int) -> bool:
-        """A snapshot is due every `every` steps after the last good one, or at once when there is none."""
-        return self.every > 0 and (not self.good or step - self.good[-1].step >= self.every)
+        """A snapshot is due every `every` steps after the last good one, or at once when there is none;
+        never while one is pending (its step is not judged yet: it may still become the good one)."""
+        return self.every > 0 and self.pending is None and (not self.good or step - self.good[-1].step >= self.every)
 
     def _side_stream(self, state: dict[str, torch.Tensor]) -> torch.cuda.Stream | None:
         """The stream the copies run on: a side stream that first waits for the compute stream (CUDA only)."""
@@ -180,9 +194,9 @@ class SnapshotStore:
         self.pending = snap
         return snap
 
-    def promote(self) -> None:
-        """The pending snapshot's step was judged healthy: keep it as the newest good one."""
-        if self.pending is None:
+    def promote(self, judged_step: int) -> None:
+        """Step ``judged_step`` was judged healthy: the pending snapshot, if taken at or before it, is good."""
+        if self.pending is None or self.pending.step > judged_step:
             return
         self.good.append(self.pending)
         self.pending = None
