@@ -161,7 +161,8 @@ def test_ddp_two_processes_recover_alike(ddp_results, case):
 
 
 @pytest.mark.parametrize("fault,step,optimizer", [(None, None, "adamw"), ("nan_batch", 23, "adamw"), ("lr_spike", 7, "adamw"),
-                                                  ("grad_explosion", 9, "adamw"), ("nan_batch", 23, "muon"), ("lr_spike", 7, "muon")])
+                                                  ("grad_explosion", 9, "adamw"), ("nan_batch", 23, "muon"), ("lr_spike", 7, "muon"),
+                                                  ("lr_spike", 14, "adamw")])  # seen at 15, after snapshot 16 was taken
 def test_judging_a_step_late_decides_and_trains_as_judging_it_at_once(prepared, tmp_path, fault, step, optimizer):
     """The default judges each step while the next runs (late_judging.py), with the update gated on the
     device; a rollback found late redoes the step run since. Same events, losses and weights as the host
@@ -184,6 +185,10 @@ def test_judging_a_step_late_decides_and_trains_as_judging_it_at_once(prepared, 
     assert ([r["loss"] for r in _records(late.run_dir, "train")] == [r["loss"] for r in _records(now.run_dir, "train")])
     for (name, a), b in zip(late.parts.model.state_dict().items(), now.parts.model.state_dict().values()):
         assert torch.equal(a, b), name
+    # Judged late, a snapshot is taken before the previous step's verdict and learns its history after:
+    # each must carry what a snapshot taken after the verdict carries, or a rollback would restore the wrong level.
+    kept = [(snap.step, snap.extra) for snap in late.guard.snapshots.good]
+    assert kept and kept == [(snap.step, snap.extra) for snap in now.guard.snapshots.good]
 
 
 def test_lasting_gradient_spikes_under_clipping_are_applied_not_skipped(prepared, tmp_path, clean):

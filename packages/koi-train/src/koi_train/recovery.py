@@ -78,17 +78,21 @@ class InstabilityGuard:
 
     # every step -------------------------------------------------------------------------------
     def before_step(self, step: int) -> None:
+        """Note the data position; take a pending snapshot when one is due.
+
+        Judged late, the previous step's verdict is still on its way here: the snapshot is taken
+        anyway (waiting for it would drain the GPU) and gets the detector's history and reference,
+        which describe these weights, once that verdict is in (`after_step`, `_respond`). A verdict
+        that rolls back discards it; a skipped update left these weights as they were, so it stays.
+        """
         if not self.enabled:
             return
         self._data_before_step = self.parts.train_data.state_dict()
-        if self.snapshots.due(step):  # the detector's history and reference describe these weights: kept with them
-            self.snapshots.capture(step, {"history": self.detector.history(), "reference": self._reference})
+        if self.snapshots.due(step):
+            self.snapshots.capture(step, self._detector_state())
 
-    def needs_settled(self, step: int) -> bool:
-        """Must the previous step be judged before `before_step`? Only when a snapshot is due: it carries
-        the detector's history, which must include every earlier step. A pending snapshot waits for its
-        own step's judgment, which comes after the next step's launch like any other (no drain)."""
-        return self.enabled and self.snapshots.due(step)
+    def _detector_state(self) -> dict:
+        return {"history": self.detector.history(), "reference": self._reference}
 
     def device_gate(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
         """A device float, 1.0 when `after_step` will flag this step, computed without a host read (detection on).
@@ -116,6 +120,8 @@ class InstabilityGuard:
         if data_before is None:
             data_before = self._data_before_step
         pending = self.snapshots.pending
+        if pending is not None and pending.step > step:
+            pending = None  # taken after this step's update (see `before_step`): not these weights
         anomaly = None
         if pending is not None and not pending.is_finite():
             anomaly = Anomaly("nonfinite_params", math.nan, math.nan)
@@ -130,6 +136,9 @@ class InstabilityGuard:
             self.snapshots.warm_up()  # from the first step with optimizer state on: pins snapshot buffers off the step
             self.detector.accept(loss, grad_norm)
             self._reference = (data_before, loss)
+            later = self.snapshots.pending
+            if later is not None and later.step == step + 1:  # taken before this verdict came: now it is known
+                later.extra.update(self._detector_state())
             self.snapshots.promote(step)
             return None
         return self._respond(step, anomaly, pending)
@@ -182,7 +191,10 @@ class InstabilityGuard:
 
     # deciding and acting ------------------------------------------------------------------------
     def _respond(self, step: int, anomaly: Anomaly, pending: Snapshot | None, diagnosis: str = "") -> InstabilityEvent:
-        self.snapshots.discard_pending()
+        later = self.snapshots.pending
+        if later is None or later.step <= step:  # this step's own weights (or older): never good now
+            self.snapshots.discard_pending()
+            later = None
         self.detector.first_step_flagged()
         recent = self.detector.count_event(step)
         if self.icfg.action == "abort" or recent > self.icfg.max_events:
@@ -201,6 +213,11 @@ class InstabilityGuard:
             action, self.lr_cut_until = "lr_cut", step + 1 + self.icfg.lr_cut_steps
         event = InstabilityEvent(step, anomaly.signal, anomaly.value, anomaly.threshold, action, diagnosis, restored)
         self._record(event)
+        if later is not None:  # taken after this step's update, which the device gate skipped (see `before_step`)
+            if restored is not None:
+                self.snapshots.discard_pending()  # of weights just replaced: the trainer redoes that step
+            else:
+                later.extra.update(self._detector_state())  # the weights are this step's own, so they stay
         return event
 
     def _diagnose(self, anomaly: Anomaly) -> str:

@@ -264,8 +264,6 @@ class Trainer:
             while self.step < cfg.train.steps:
                 if interrupt.requested_on_any_rank(self.dist, p.device):
                     self._stop_at_boundary(metrics)
-                if self.judge_late and self.guard.needs_settled(self.step):
-                    self._settle()  # a snapshot is due or pending: it must see every earlier step judged
                 if p.sparsity is not None:  # 2:4 masks: dense first, then recomputed on schedule
                     p.sparsity.before_step(self.step)
                 if p.quant_warmup is not None:  # full precision first, then the plan's formats
