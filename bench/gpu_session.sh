@@ -73,8 +73,10 @@ stage_profile() {  # issue 20: wall vs GPU-kernel time per step, host reads, top
 }
 
 stage_mixture() {  # issue 24: full depth against 2 and 4 experts (pso, pso_ga), equal tokens then equal wall time
-  timeout "${KOI_MIXTURE_TIMEOUT:-580}" python3 bench/mixture.py --budget "${KOI_MIXTURE_BUDGET:-both}" \
-    --parallel "${KOI_PARALLEL:-5}" 2>&1 | tee -a "$logs/mixture.log"
+  # Both budgets outlast one call: KOI_MIXTURE_BUDGET=tokens first, then KOI_MIXTURE_BUDGET=time with
+  # KOI_MIXTURE_RATES=<the first call's mixture.jsonl, copied into the repo> (it travels with the tree).
+  timeout "${KOI_MIXTURE_TIMEOUT:-580}" python3 bench/mixture.py --budget "${KOI_MIXTURE_BUDGET:-tokens}" \
+    ${KOI_MIXTURE_RATES:+--rates-from "$KOI_MIXTURE_RATES"} --parallel "${KOI_PARALLEL:-5}" 2>&1 | tee -a "$logs/mixture.log"
 }
 
 stage_profile_lowmem() {  # issue 21: where the 1558M low-memory step loses its time (about 8 minutes, three compiles)

@@ -17,7 +17,9 @@ phase uses rates measured while sharing, which favours nobody). Rows print as ru
 in $OUT/mixture.jsonl.
 
     python bench/mixture.py                       # both budgets, seed 1
-    python bench/mixture.py --budget tokens --experts 2 --steps 60     # a quick check
+    python bench/mixture.py --budget tokens       # one call's worth: the equal-tokens runs
+    python bench/mixture.py --budget time --rates-from bench/results/mixture.jsonl   # then the rest
+    python bench/mixture.py --smoke               # a tiny GPT-2 on the CPU: checks the script, no figures worth reading
 """
 
 from __future__ import annotations
@@ -37,21 +39,30 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from recipe_q import VAL_FILES, config, prepare, val_losses  # noqa: E402
 
+SMOKE = {"model": {"arch": "gpt2", "preset": "gpt2-tiny"}, "train": {"device": "cpu", "compile": False, "batch_size": 8},
+         "switch": 10}  # 4 layers of 128: 2 experts of 2 layers, a switch every 10 steps
 
-def run_config(name: str, experts: int, method: str, steps: int, seed: int, optimizer: str, shards: Path, work: Path) -> dict:
+
+def run_config(name: str, experts: int, method: str, steps: int, seed: int, optimizer: str, shards: Path, work: Path,
+               smoke: bool = False) -> dict:
     cfg = config(name, "bf16", seed, optimizer, steps, shards, work)
+    if smoke:
+        cfg["model"] = SMOKE["model"]
+        cfg["train"].update(SMOKE["train"])
     if experts > 1:
-        cfg["mixture"] = {"experts": experts, "switch": 50, "method": method}
+        cfg["mixture"] = {"experts": experts, "switch": SMOKE["switch"] if smoke else 50, "method": method}
     return cfg
 
 
-def score(run_dir: Path, experts: int, shards: Path) -> dict:
+def score(run_dir: Path, experts: int, shards: Path, device: str) -> dict:
     from koi_train.load_model import load_trained_model
 
-    models = [load_trained_model(str(run_dir), expert=k if experts > 1 else None).cuda().eval() for k in range(max(experts, 1))]
+    models = [load_trained_model(str(run_dir), expert=k if experts > 1 else None).to(device).eval()
+              for k in range(max(experts, 1))]
+    window = min(1024, models[0].spec.block_size)
     result = {}
     for name in VAL_FILES:
-        losses = val_losses(models, shards / name)
+        losses = val_losses(models, shards / name, window, max_windows=32 if device == "cpu" else None)
         if experts > 1:
             best = min(range(experts), key=losses.__getitem__)
             result[name] = {"best": losses[best], "best_expert": best, "experts": losses[:experts], "ensemble": losses[-1]}
@@ -70,7 +81,7 @@ def run_stats(run_dir: Path) -> dict:
             "trained_parameters": summary["parameters_trained"], "parameters": summary["parameters"]}
 
 
-def launch(cases: list[dict], shards: Path, work: Path, parallel: int, out: Path) -> list[dict]:
+def launch(cases: list[dict], shards: Path, work: Path, parallel: int, out: Path, smoke: bool = False) -> list[dict]:
     """Run every case as its own `koi-train run`, ``parallel`` at a time; score each as it ends."""
     queue, running, rows = list(cases), [], []
     while queue or running:
@@ -78,7 +89,7 @@ def launch(cases: list[dict], shards: Path, work: Path, parallel: int, out: Path
             case = queue.pop(0)
             path = work / f"{case['name']}.json"
             path.write_text(json.dumps(run_config(case["name"], case["experts"], case["method"], case["steps"], case["seed"],
-                                                  case["optimizer"], shards, work)))
+                                                  case["optimizer"], shards, work, smoke)))
             log = (work / f"{case['name']}.log").open("w")
             running.append((case, subprocess.Popen([sys.executable, "-m", "koi_train", "run", str(path)], stdout=log,
                                                    stderr=subprocess.STDOUT)))
@@ -95,7 +106,7 @@ def launch(cases: list[dict], shards: Path, work: Path, parallel: int, out: Path
                 run_dir = work / case["name"]
                 row.update(run_stats(run_dir))
                 row["tokens_per_s_per_trained_million"] = row["tokens_per_s"] / (row["trained_parameters"] / 1e6)
-                row["val"] = score(run_dir, case["experts"], shards)
+                row["val"] = score(run_dir, case["experts"], shards, "cpu" if smoke else "cuda")
                 rows.append(row)
                 print(line(row), flush=True)
             except Exception as exc:  # a failed run is reported; the others go on
@@ -116,6 +127,20 @@ def line(row: dict) -> str:
             + f"{row['tokens_per_s']:>11,.0f}{row['peak_gib']:>9.2f}{row['tokens_per_s_per_trained_million']:>10,.0f}")
 
 
+def earlier_rates(path: Path, seed: int, steps: int) -> list[dict]:
+    """The newest equal-tokens row of each run (same seed and steps) in an earlier call's mixture.jsonl."""
+    if not path.exists():
+        raise SystemExit(f"--rates-from {path}: no such file (run --budget tokens first; it writes $OUT/mixture.jsonl)")
+    rows = {}
+    for line_text in path.read_text().splitlines():
+        row = json.loads(line_text)
+        if row.get("budget") == "tokens" and row.get("seed") == seed and row.get("steps") == steps and "error" not in row:
+            rows[row["name"]] = row
+    if not rows:
+        raise SystemExit(f"--rates-from {path}: no finished equal-tokens run with seed {seed} and {steps} steps")
+    return list(rows.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", choices=["tokens", "time", "both"], default="both")
@@ -125,7 +150,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--optimizer", default="muon", help="Koi's best for full depth (bench/recipe_q.py's OPTIMIZERS)")
     parser.add_argument("--parallel", type=int, default=5, help="runs sharing the card at once")
+    parser.add_argument("--rates-from", type=Path, help="--budget time: take the equal-tokens runs' rates from this "
+                        "mixture.jsonl (an earlier call) instead of running them again")
+    parser.add_argument("--smoke", action="store_true", help="a tiny GPT-2 on the CPU, 2 experts, few steps")
     args = parser.parse_args()
+    if args.smoke:
+        args.experts, args.steps, args.parallel = "2", min(args.steps, 40), min(args.parallel, 2)
+    earlier = earlier_rates(args.rates_from, args.seed, args.steps) if args.budget == "time" and args.rates_from else None
     out = Path(os.environ.get("OUT", REPO / "bench" / "results"))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="koi-mixture-"))
@@ -133,15 +164,19 @@ def main() -> None:
     mixtures = [(int(e), m) for e in args.experts.split(",") for m in args.methods.split(",")]
 
     def case(budget: str, experts: int, method: str, steps: int) -> dict:
-        label = "full depth" if experts <= 1 else f"{experts} x {12 // experts} {method}"
+        layers = 4 if args.smoke else 12  # gpt2-tiny's and GPT-2 124M's
+        label = "full depth" if experts <= 1 else f"{experts} x {layers // experts} {method}"
         name = f"{budget}-{'full' if experts <= 1 else f'e{experts}-{method}'}-s{args.seed}"
         return {"name": name, "budget": budget, "label": label, "experts": experts, "method": method, "steps": steps,
                 "seed": args.seed, "optimizer": args.optimizer}
 
     print(f"{'budget':<7}{'run':<16}{'steps':>6}  " + "  ".join(f"{f + ' (best)':<22}" for f in VAL_FILES)
           + f"{'tok/s':>11}{'peak GiB':>9}{'tok/s/M':>10}", flush=True)
-    equal_tokens = launch([case("tokens", 1, "-", args.steps)] + [case("tokens", e, m, args.steps) for e, m in mixtures],
-                          shards, work, args.parallel, out)
+    if earlier is not None:
+        equal_tokens = earlier
+    else:
+        equal_tokens = launch([case("tokens", 1, "-", args.steps)] + [case("tokens", e, m, args.steps) for e, m in mixtures],
+                              shards, work, args.parallel, out, args.smoke)
     if args.budget in ("time", "both"):
         full = next((r for r in equal_tokens if r["experts"] <= 1), None)
         if full is None:
@@ -149,7 +184,7 @@ def main() -> None:
             return
         cases = [case("time", r["experts"], r["method"], round(args.steps * r["tokens_per_s"] / full["tokens_per_s"]))
                  for r in equal_tokens if r["experts"] > 1]
-        launch(cases, shards, work, args.parallel, out)
+        launch(cases, shards, work, args.parallel, out, args.smoke)
 
 
 if __name__ == "__main__":

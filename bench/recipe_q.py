@@ -91,21 +91,23 @@ def val_loss(run_dir: Path, shard: Path) -> float:
 
 
 @torch.no_grad()
-def val_losses(models: list[torch.nn.Module], shard: Path) -> list[float]:
-    """Mean CE of each model on every non-overlapping 1024-token window of one val file and, with
-    several models, of the average of their logits (the ensemble) last."""
+def val_losses(models: list[torch.nn.Module], shard: Path, window: int = 1024, max_windows: int | None = None) -> list[float]:
+    """Mean CE of each model on every non-overlapping ``window``-token window of one val file (the
+    first ``max_windows`` of them when given) and, with several models, of the average of their
+    logits (the ensemble) last; on the models' device."""
     from koi_tokenizer import read_shard
 
+    device = next(models[0].parameters()).device
     tokens = np.concatenate([read_shard(p) for p in sorted(shard.glob("*_train_*.bin"))]).astype(np.int64)
-    windows = (len(tokens) - 1) // 1024
+    windows = min((len(tokens) - 1) // window, max_windows or len(tokens))
     totals, count = [0.0] * (len(models) + (len(models) > 1)), 0
     for start in range(0, windows, 16):
         rows = range(start, min(windows, start + 16))
-        x = torch.stack([torch.from_numpy(tokens[r * 1024 : r * 1024 + 1024]) for r in rows]).cuda()
-        y = torch.stack([torch.from_numpy(tokens[r * 1024 + 1 : r * 1024 + 1025]) for r in rows]).cuda().flatten()
+        x = torch.stack([torch.from_numpy(tokens[r * window : (r + 1) * window]) for r in rows]).to(device)
+        y = torch.stack([torch.from_numpy(tokens[r * window + 1 : (r + 1) * window + 1]) for r in rows]).to(device).flatten()
         mean = None
         for k, model in enumerate(models):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 logits = model(x).float().flatten(0, 1)
             totals[k] += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
             if len(models) > 1:
