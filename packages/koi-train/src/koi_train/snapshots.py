@@ -7,10 +7,11 @@ snapshots (the newer one can still turn out to be bad, when damage shows only a 
 and at most one pending one, so three host copies of the model and its optimizer state at most.
 
 Cost on a GPU: one device-to-host copy of weights and optimizer state per snapshot, into pinned
-buffers reused from snapshot to snapshot, plus a NaN/Inf test (a few fused kernels per device and dtype) whose result is read
-only after the trainer's own sync at the end of the step. The copy (1.5 GB at 124M with AdamW,
-about 30 ms) runs on a side stream, so the copy engine works while the step's forward and backward
-compute; on the compute stream it cost 1.7% tok/s on an H200 (BENCHMARKS.md, fifth session).
+buffers reused from snapshot to snapshot, plus a NaN/Inf test (a few fused kernels per device and
+dtype) whose result is read only after the trainer's own sync at the end of the step. The copy
+(1.5 GB at 124M with AdamW, about 30 ms) runs on a side stream, so the copy engine works while the
+step's forward and backward compute; on the compute stream it cost 1.7% tok/s on an H200
+(BENCHMARKS.md, fifth session).
 Whatever writes weights or optimizer state next (the optimizer step, a restore, an expert switch)
 calls `fence` first, so the copy always sees the weights as they were at the capture.
 Pinning host memory is slow (about a second per GB), so the three buffer sets are allocated by a
