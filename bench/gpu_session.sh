@@ -2,7 +2,7 @@
 # One lent-GPU session in one script: install what the machine lacks, then run the named stages,
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
-# Stages: setup, parity, probes, tests, train_tests, smoke, speed, profile, profile_lowmem, quality, mixture, sparsity. Offline machines need the wheels in .carry/whl (`bash bench/make_carry.sh` builds .carry)
+# Stages: setup, parity, probes, tests, train_tests, smoke, speed, profile, profile_lowmem, quality, mixture, mixture_large, sparsity. Offline machines need the wheels in .carry/whl (`bash bench/make_carry.sh` builds .carry)
 # (jsonschema and friends, hatchling and editables, nox, pytest-xdist and execnet) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +77,12 @@ stage_mixture() {  # issue 24: full depth against 2 and 4 experts (pso, pso_ga),
   # KOI_MIXTURE_RATES=<the first call's mixture.jsonl, copied into the repo> (it travels with the tree).
   timeout "${KOI_MIXTURE_TIMEOUT:-580}" python3 bench/mixture.py --budget "${KOI_MIXTURE_BUDGET:-tokens}" \
     ${KOI_MIXTURE_RATES:+--rates-from "$KOI_MIXTURE_RATES"} --parallel "${KOI_PARALLEL:-5}" 2>&1 | tee -a "$logs/mixture.log"
+}
+
+stage_mixture_large() {  # issue 24 at 1558M total: full depth against 2 and 4 experts, equal wall time, memory levers on
+  # (about 2.5 minutes of compile twice, then KOI_MIXTURE_MINUTES of training, all runs sharing the card)
+  timeout "${KOI_MIXTURE_TIMEOUT:-580}" python3 bench/mixture.py --size 1558M --methods "${KOI_MIXTURE_METHODS:-pso}" \
+    --minutes "${KOI_MIXTURE_MINUTES:-3}" 2>&1 | tee -a "$logs/mixture_large.log"
 }
 
 stage_profile_lowmem() {  # issue 21: where the 1558M low-memory step loses its time (about 8 minutes, three compiles)

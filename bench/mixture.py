@@ -9,6 +9,11 @@ other setting at its default (instability detection on). Two budgets:
   as many steps as the full-depth run's training time buys at the mixture's own measured rate
   (from its equal-tokens run).
 
+At 1558M total (`--size 1558M`) the question is memory as much as loss: every run gets Koi's memory
+levers (8-bit AdamW, bf16 weights, full remat; full depth also steps its optimizer in backward), a
+short calibration run of each measures its rate and peak while all share the card, and each then
+trains for `--minutes` at that rate (equal wall time only: recipe Q's tokens would take an hour).
+
 Scored per val file on every non-overlapping 1024-token window: the full model; each expert (the
 best one is reported) and the ensemble that averages all experts' logits. Also peak GiB and
 tokens/s from the runs' metrics, and tokens/s per trained parameter. Each run is a `koi-train run`
@@ -20,6 +25,7 @@ in $OUT/mixture.jsonl.
     python bench/mixture.py --budget tokens       # one call's worth: the equal-tokens runs
     python bench/mixture.py --budget time --rates-from bench/results/mixture.jsonl   # then the rest
     python bench/mixture.py --smoke               # a tiny GPT-2 on the CPU: checks the script, no figures worth reading
+    python bench/mixture.py --size 1558M --methods pso --minutes 3    # 1558M total, equal wall time, memory levers on
 """
 
 from __future__ import annotations
@@ -41,16 +47,25 @@ from recipe_q import VAL_FILES, config, prepare, val_losses  # noqa: E402
 
 SMOKE = {"model": {"arch": "gpt2", "preset": "gpt2-tiny"}, "train": {"device": "cpu", "compile": False, "batch_size": 8},
          "switch": 10}  # 4 layers of 128: 2 experts of 2 layers, a switch every 10 steps
+# 1558M total on one card: every run gets Koi's memory levers (8-bit AdamW, bf16 weights, full remat); full depth
+# also steps its optimizer in backward, the lever that leaves no whole-model gradients (BENCHMARKS.md, issue 21)
+LARGE = {"model": {"arch": "gpt2", "preset": "gpt2-1558M"}, "train": {"batch_size": 8, "log_every": 5},
+         "optimizer": {"name": "adamw8bit", "betas": [0.9, 0.95], "weight_decay": 0.1, "weights": "bf16"},
+         "remat": {"mode": "full"}, "full_depth_train": {"optimizer_in_backward": True, "grad_clip": 0.0}}
+LAYERS = {"smoke": 4, "124M": 12, "1558M": 48}
 
 
 def run_config(name: str, experts: int, method: str, steps: int, seed: int, optimizer: str, shards: Path, work: Path,
-               smoke: bool = False) -> dict:
+               size: str = "124M") -> dict:
     cfg = config(name, "bf16", seed, optimizer, steps, shards, work)
-    if smoke:
+    if size == "smoke":
         cfg["model"] = SMOKE["model"]
         cfg["train"].update(SMOKE["train"])
+    if size == "1558M":
+        cfg["model"], cfg["optimizer"], cfg["remat"] = LARGE["model"], LARGE["optimizer"], LARGE["remat"]
+        cfg["train"].update(LARGE["train"], **(LARGE["full_depth_train"] if experts <= 1 else {}))
     if experts > 1:
-        cfg["mixture"] = {"experts": experts, "switch": SMOKE["switch"] if smoke else 50, "method": method}
+        cfg["mixture"] = {"experts": experts, "switch": SMOKE["switch"] if size == "smoke" else 50, "method": method}
     return cfg
 
 
@@ -81,15 +96,17 @@ def run_stats(run_dir: Path) -> dict:
             "trained_parameters": summary["parameters_trained"], "parameters": summary["parameters"]}
 
 
-def launch(cases: list[dict], shards: Path, work: Path, parallel: int, out: Path, smoke: bool = False) -> list[dict]:
-    """Run every case as its own `koi-train run`, ``parallel`` at a time; score each as it ends."""
+def launch(cases: list[dict], shards: Path, work: Path, parallel: int, out: Path, size: str = "124M",
+           scored: bool = True) -> list[dict]:
+    """Run every case as its own `koi-train run`, ``parallel`` at a time; score each as it ends (unless
+    ``scored`` is false: a calibration run is kept for its rate and peak memory only)."""
     queue, running, rows = list(cases), [], []
     while queue or running:
         while queue and len(running) < parallel:
             case = queue.pop(0)
             path = work / f"{case['name']}.json"
             path.write_text(json.dumps(run_config(case["name"], case["experts"], case["method"], case["steps"], case["seed"],
-                                                  case["optimizer"], shards, work, smoke)))
+                                                  case["optimizer"], shards, work, size)))
             log = (work / f"{case['name']}.log").open("w")
             running.append((case, subprocess.Popen([sys.executable, "-m", "koi_train", "run", str(path)], stdout=log,
                                                    stderr=subprocess.STDOUT)))
@@ -106,7 +123,8 @@ def launch(cases: list[dict], shards: Path, work: Path, parallel: int, out: Path
                 run_dir = work / case["name"]
                 row.update(run_stats(run_dir))
                 row["tokens_per_s_per_trained_million"] = row["tokens_per_s"] / (row["trained_parameters"] / 1e6)
-                row["val"] = score(run_dir, case["experts"], shards, "cpu" if smoke else "cuda")
+                if scored:
+                    row["val"] = score(run_dir, case["experts"], shards, "cpu" if size == "smoke" else "cuda")
                 rows.append(row)
                 print(line(row), flush=True)
             except Exception as exc:  # a failed run is reported; the others go on
@@ -121,8 +139,8 @@ def launch(cases: list[dict], shards: Path, work: Path, parallel: int, out: Path
 def line(row: dict) -> str:
     cells = []
     for name in VAL_FILES:
-        v = row["val"][name]
-        cells.append(f"{v['best']:.4f}" + (f" (ens {v['ensemble']:.4f})" if "ensemble" in v else ""))
+        v = row.get("val", {}).get(name)
+        cells.append("-" if v is None else f"{v['best']:.4f}" + (f" (ens {v['ensemble']:.4f})" if "ensemble" in v else ""))
     return (f"{row['budget']:<7}{row['label']:<16}{row['steps']:>6}  " + "  ".join(f"{c:<22}" for c in cells)
             + f"{row['tokens_per_s']:>11,.0f}{row['peak_gib']:>9.2f}{row['tokens_per_s_per_trained_million']:>10,.0f}")
 
@@ -141,6 +159,19 @@ def earlier_rates(path: Path, seed: int, steps: int) -> list[dict]:
     return list(rows.values())
 
 
+def equal_time_large(case, mixtures: list[tuple[int, str]], args, shards: Path, work: Path, out: Path, size: str) -> None:
+    """1558M: a short run of each to measure its rate and peak (all sharing the card), then each run
+    for ``args.minutes`` of training at that rate, cosine schedule over the steps that buys."""
+    everyone = [(1, "-")] + mixtures
+    calibration = launch([case("calib", e, m, args.calibration_steps) for e, m in everyone], shards, work,
+                         len(everyone), out, size, scored=False)
+    probe = run_config("probe", 1, "-", 1, args.seed, args.optimizer, shards, work, size)
+    tokens_per_step = probe["train"]["batch_size"] * (128 if size == "smoke" else 1024)
+    cases = [case("time", r["experts"], r["method"], max(10, round(r["tokens_per_s"] * args.minutes * 60 / tokens_per_step)))
+             for r in calibration]
+    launch(cases, shards, work, len(cases), out, size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", choices=["tokens", "time", "both"], default="both")
@@ -153,7 +184,13 @@ def main() -> None:
     parser.add_argument("--rates-from", type=Path, help="--budget time: take the equal-tokens runs' rates from this "
                         "mixture.jsonl (an earlier call) instead of running them again")
     parser.add_argument("--smoke", action="store_true", help="a tiny GPT-2 on the CPU, 2 experts, few steps")
+    parser.add_argument("--size", choices=["124M", "1558M"], default="124M",
+                        help="1558M: equal wall time only (--minutes), every run with Koi's memory levers")
+    parser.add_argument("--minutes", type=float, default=5.0, help="--size 1558M: each run's training time, sharing the card")
+    parser.add_argument("--calibration-steps", type=int, default=20, help="--size 1558M: steps that measure each run's rate")
     args = parser.parse_args()
+    large = args.size == "1558M"  # with --smoke: the same phases on the tiny model (a check of the script)
+    size = "smoke" if args.smoke else args.size
     if args.smoke:
         args.experts, args.steps, args.parallel = "2", min(args.steps, 40), min(args.parallel, 2)
     earlier = earlier_rates(args.rates_from, args.seed, args.steps) if args.budget == "time" and args.rates_from else None
@@ -164,7 +201,7 @@ def main() -> None:
     mixtures = [(int(e), m) for e in args.experts.split(",") for m in args.methods.split(",")]
 
     def case(budget: str, experts: int, method: str, steps: int) -> dict:
-        layers = 4 if args.smoke else 12  # gpt2-tiny's and GPT-2 124M's
+        layers = LAYERS[size]
         label = "full depth" if experts <= 1 else f"{experts} x {layers // experts} {method}"
         name = f"{budget}-{'full' if experts <= 1 else f'e{experts}-{method}'}-s{args.seed}"
         return {"name": name, "budget": budget, "label": label, "experts": experts, "method": method, "steps": steps,
@@ -172,11 +209,14 @@ def main() -> None:
 
     print(f"{'budget':<7}{'run':<16}{'steps':>6}  " + "  ".join(f"{f + ' (best)':<22}" for f in VAL_FILES)
           + f"{'tok/s':>11}{'peak GiB':>9}{'tok/s/M':>10}", flush=True)
+    if large:
+        equal_time_large(case, mixtures, args, shards, work, out, size)
+        return
     if earlier is not None:
         equal_tokens = earlier
     else:
         equal_tokens = launch([case("tokens", 1, "-", args.steps)] + [case("tokens", e, m, args.steps) for e, m in mixtures],
-                              shards, work, args.parallel, out, args.smoke)
+                              shards, work, args.parallel, out, size)
     if args.budget in ("time", "both"):
         full = next((r for r in equal_tokens if r["experts"] <= 1), None)
         if full is None:
@@ -184,7 +224,7 @@ def main() -> None:
             return
         cases = [case("time", r["experts"], r["method"], round(args.steps * r["tokens_per_s"] / full["tokens_per_s"]))
                  for r in equal_tokens if r["experts"] > 1]
-        launch(cases, shards, work, args.parallel, out, args.smoke)
+        launch(cases, shards, work, args.parallel, out, size)
 
 
 if __name__ == "__main__":
