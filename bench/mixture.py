@@ -93,7 +93,8 @@ def run_stats(run_dir: Path) -> dict:
     summary = next(r for r in records if r["kind"] == "summary")
     rates = [r["tokens_per_s"] for r in train[1:]] or [r["tokens_per_s"] for r in train]
     return {"tokens_per_s": float(np.median(rates)), "peak_gib": max((r.get("peak_memory_gib", 0.0) for r in train), default=0.0),
-            "trained_parameters": summary["parameters_trained"], "parameters": summary["parameters"]}
+            "trained_parameters": summary["parameters_trained"], "parameters": summary["parameters"],
+            "tokens_per_step": summary["tokens"] / summary["step"]}
 
 
 def launch(cases: list[dict], shards: Path, work: Path, parallel: int, out: Path, size: str = "124M",
@@ -165,9 +166,7 @@ def equal_time_large(case, mixtures: list[tuple[int, str]], args, shards: Path, 
     everyone = [(1, "-")] + mixtures
     calibration = launch([case("calib", e, m, args.calibration_steps) for e, m in everyone], shards, work,
                          len(everyone), out, size, scored=False)
-    probe = run_config("probe", 1, "-", 1, args.seed, args.optimizer, shards, work, size)
-    tokens_per_step = probe["train"]["batch_size"] * (128 if size == "smoke" else 1024)
-    cases = [case("time", r["experts"], r["method"], max(10, round(r["tokens_per_s"] * args.minutes * 60 / tokens_per_step)))
+    cases = [case("time", r["experts"], r["method"], max(10, round(r["tokens_per_s"] * args.minutes * 60 / r["tokens_per_step"])))
              for r in calibration]
     launch(cases, shards, work, len(cases), out, size)
 

@@ -94,6 +94,11 @@ class InstabilityGuard:
     def _detector_state(self) -> dict:
         return {"history": self.detector.history(), "reference": self._reference}
 
+    def _snapshot_after(self, step: int) -> Snapshot | None:
+        """The pending snapshot if it was taken after ``step``'s update (judged late: see `before_step`)."""
+        pending = self.snapshots.pending
+        return pending if pending is not None and pending.step > step else None
+
     def device_gate(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
         """A device float, 1.0 when `after_step` will flag this step, computed without a host read (detection on).
 
@@ -119,9 +124,8 @@ class InstabilityGuard:
             return None
         if data_before is None:
             data_before = self._data_before_step
-        pending = self.snapshots.pending
-        if pending is not None and pending.step > step:
-            pending = None  # taken after this step's update (see `before_step`): not these weights
+        later = self._snapshot_after(step)
+        pending = None if later is not None else self.snapshots.pending  # a later one holds other weights
         anomaly = None
         if pending is not None and not pending.is_finite():
             anomaly = Anomaly("nonfinite_params", math.nan, math.nan)
@@ -136,8 +140,7 @@ class InstabilityGuard:
             self.snapshots.warm_up()  # from the first step with optimizer state on: pins snapshot buffers off the step
             self.detector.accept(loss, grad_norm)
             self._reference = (data_before, loss)
-            later = self.snapshots.pending
-            if later is not None and later.step == step + 1:  # taken before this verdict came: now it is known
+            if later is not None:  # taken before this verdict came: now it is known
                 later.extra.update(self._detector_state())
             self.snapshots.promote(step)
             return None
@@ -191,10 +194,9 @@ class InstabilityGuard:
 
     # deciding and acting ------------------------------------------------------------------------
     def _respond(self, step: int, anomaly: Anomaly, pending: Snapshot | None, diagnosis: str = "") -> InstabilityEvent:
-        later = self.snapshots.pending
-        if later is None or later.step <= step:  # this step's own weights (or older): never good now
+        later = self._snapshot_after(step)
+        if later is None:  # this step's own weights (or older): never good now
             self.snapshots.discard_pending()
-            later = None
         self.detector.first_step_flagged()
         recent = self.detector.count_event(step)
         if self.icfg.action == "abort" or recent > self.icfg.max_events:
