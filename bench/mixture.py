@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,7 @@ def launch(cases: list[dict], shards: Path, work: Path, parallel: int, out: Path
                 print(f"{case['name']}: FAILED {row['error']}", flush=True)
             with (out / "mixture.jsonl").open("a") as f:
                 f.write(json.dumps({**row, "date": time.strftime("%Y-%m-%d")}) + "\n")
+            shutil.rmtree(work / case["name"], ignore_errors=True)  # read and scored: its checkpoints would fill the disk
         time.sleep(2)
     return rows
 

@@ -13,6 +13,14 @@ seeds and each format's ratio to bf16 under the same optimizer.
     python bench/recipe_q.py --formats bf16,binary+wu0.3/0.4+g128 --seeds 1,2      # +g: scales per 128 inputs
     python bench/recipe_q.py --formats bf16 --variant wsd:train.schedule=wsd --variant emb:optimizer.embedding_lr=0.006
     python bench/recipe_q.py --formats bf16 --seeds 1 --steps 50          # a quick check of the script
+
+Sparse training (issue 27) is a variant beside the dense one; its bf16 against the base variant's
+bf16 is the sparse loss ratio, its int8 against its bf16 the quantized-sparse one; a predictor
+run also reports the last evaluation's predictor figures (an `eval.every` makes the run evaluate):
+
+    python bench/recipe_q.py --formats bf16,int8 --variant base: \
+        --variant 'sp24:sparsity.plan={"transformer.h.*.mlp.*":"2:4"},sparsity.dense_steps=70' \
+        --variant 'pred:sparsity.activation_predictor.enabled=true,eval.every=700'
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,6 +97,16 @@ def val_loss(run_dir: Path, shard: Path) -> float:
     from koi_train.load_model import load_trained_model
 
     return val_losses([load_trained_model(str(run_dir)).cuda().eval()], shard)[0]
+
+
+def predictor_figures(run_dir: Path) -> dict:
+    """The last evaluation's activation-predictor figures (loss with only the predicted MLP neurons, its
+    change, recall of the true top neurons, fraction skipped), when the run trained predictors."""
+    metrics = run_dir / "metrics.jsonl"
+    evals = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    evals = [r for r in evals if r.get("kind") == "eval" and "predictor_recall" in r]
+    keys = ("sparse_mlp_val_loss", "sparse_mlp_loss_change", "predictor_recall", "mlp_neurons_skipped")
+    return {k: evals[-1][k] for k in keys} if evals else {}
 
 
 @torch.no_grad()
@@ -194,7 +213,7 @@ def main() -> None:
             try:
                 if proc.returncode != 0:
                     raise RuntimeError(f"koi-train run exited {proc.returncode}; log {run_dir}.log")
-                row.update({f: val_loss(run_dir, shards / f) for f in VAL_FILES})
+                row.update({f: val_loss(run_dir, shards / f) for f in VAL_FILES}, **predictor_figures(run_dir))
                 rows.append(row)
                 print(f"{args.model:<6}{variant:<12}{fmt:<20} seed {seed}: " + "  ".join(f"{f} {row[f]:.4f}" for f in VAL_FILES),
                       flush=True)
@@ -206,6 +225,7 @@ def main() -> None:
                     print("    " + "\n    ".join(log_file.read_text().splitlines()[-6:]), flush=True)
             with (out / "recipe_q.jsonl").open("a") as f:
                 f.write(json.dumps({**row, "date": time.strftime("%Y-%m-%d")}) + "\n")
+            shutil.rmtree(run_dir, ignore_errors=True)  # scored: its checkpoints would only fill the disk
         time.sleep(2)
     summarize(rows)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from data_tokens import make_shards, shared_data  # noqa: E402
 
 FORMATS = ["int8", "int4", "int2", "ternary", "binary", "nf4", "fp8"]  # every low-bit format the config schema allows
 BOTH = ("compiled", "eager")
+REPEAT = "-repeat"
 TWINS = ("bf16", "int8", "int4", "ternary", "binary", "fp8")  # formats also run eagerly, to compare with compile
 
 
@@ -41,6 +43,9 @@ def rows() -> list[tuple[str, dict, int]]:
         precision = {"plan": {blocks: fmt}} if fmt != "bf16" else {}
         for mode in BOTH if fmt in TWINS else ("compiled",):
             out.append((f"{fmt}/{mode}", {"precision": precision, "train": {"compile": mode == "compiled"}}, 1))
+    # The same config again: GPU kernels are not deterministic, so one trajectory's spread is the floor
+    # a compiled/eager twin's gap is read against (on the H200 it has exceeded the issue's 0.02)
+    out.append((f"bf16/eager{REPEAT}", {"train": {"compile": False}}, 1))
     for scaling in ("row", "row-fused", "tile"):
         for mode in BOTH:
             out.append((f"fp8-matmul-{scaling}/{mode}", {"precision": {"plan": {blocks: "fp8"}, "fp8_matmul": True,
@@ -108,6 +113,23 @@ def result(name: str, cfg: dict, code: int, log: Path, work: Path) -> dict:
             "peak_gib": last.get("peak_memory_gib"), "error": "" if finite else "non-finite loss"}
 
 
+def twin_note(name: str, done: dict[str, dict]) -> str:
+    """How far this row's loss is from its compiled/eager twin's, and from a repeat of the same config."""
+    def gap(a: str, b: str) -> float | None:
+        ra, rb = done.get(a), done.get(b)
+        return abs(ra["loss"] - rb["loss"]) if ra and rb and ra.get("ok") and rb.get("ok") else None
+
+    base = name.removesuffix(REPEAT)
+    notes = []
+    if name == base:
+        twin = name.replace("/compiled", "/eager") if name.endswith("/compiled") else name.replace("/eager", "/compiled")
+        if twin != name and (g := gap(name, twin)) is not None:
+            notes.append(f"compiled vs eager {g:.4f} {'OK' if g <= 0.02 else 'DIFFERENT'}")
+    if (g := gap(base, base + REPEAT)) is not None:
+        notes.append(f"same config twice {g:.4f} apart (run-to-run spread)")
+    return "; ".join(notes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=50)
@@ -159,20 +181,21 @@ def main() -> None:
             for g in gpus:
                 slots[g] += args.per_gpu if len(gpus) > 1 else 1
             row = result(name, cfg, proc.returncode, log, work)
+            # 31 runs of 124M leave ~45 GB of checkpoints: each row's folder goes once it is read (a failed
+            # row's log is kept beside the table), which is what filled a 64 GB card's disk in the seventh session
+            shutil.rmtree(Path(cfg["out_dir"]) / cfg["name"], ignore_errors=True)
+            if not row["ok"] and log.exists():
+                shutil.copyfile(log, out / f"smoke_{name.replace('/', '_')}.log")
             done[name] = row
             with table.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             if row["ok"]:
-                note = ""
-                twin = name.replace("/compiled", "/eager") if name.endswith("/compiled") else name.replace("/eager", "/compiled")
-                if twin in done and done[twin].get("ok"):
-                    gap = abs(row["loss"] - done[twin]["loss"])
-                    note = f"compiled vs eager {gap:.4f} {'OK' if gap <= 0.02 else 'DIFFERENT'}"
-                print(f"{name:<34} {row['loss']:>8.4f} {row['tokens_per_s'] or 0:>9,.0f} {row['peak_gib'] or 0:>9.2f}  {note}",
-                      flush=True)
+                print(f"{name:<34} {row['loss']:>8.4f} {row['tokens_per_s'] or 0:>9,.0f} {row['peak_gib'] or 0:>9.2f}  "
+                      f"{twin_note(name, done)}", flush=True)
             else:
                 print(f"{name:<34} FAILED: {row['error']}", flush=True)
         time.sleep(1)
+    shutil.rmtree(work, ignore_errors=True)
     failed = [n for n, r in done.items() if not r["ok"]]
     print(f"{len(done) - len(failed)} rows trained, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
 

@@ -13,7 +13,7 @@ carried on; rows also land in $OUT/sparsity.jsonl (or bench/results/):
    `gathered_mlp`): one neuron set shared by a batch of tokens, and one set per token for a few
    decoding tokens, against the dense MLP.
 3. ``step``: whole `koi-train run` steps through bench/train_throughput.py: koi, koi-sparse24
-   (2:4 MLPs on the kernels), koi-sparse24-masked, koi-sparse24-int8, koi-predictor.
+   (2:4 MLPs, masked dense: the default), koi-sparse24-kernel (on the sparse kernels), koi-sparse24-int8, koi-predictor.
 
     python bench/sparsity.py                       # all three (about 6 minutes on an H200)
     python bench/sparsity.py --only matmul gather  # no whole-step runs
@@ -47,7 +47,7 @@ from kernels import timed  # noqa: E402  (reads --smoke from the command line, a
 SHAPES = {"124M": (768, 3072, 32 * 1024), "1558M": (1600, 6400, 8 * 1024)}
 SMOKE_SHAPES = {"smoke": (64, 256, 128)}
 KEEP_FRACTIONS = (0.5, 0.25, 0.1, 0.05)
-STEP_SIDES = ("koi", "koi-sparse24", "koi-sparse24-masked", "koi-sparse24-int8", "koi-predictor")
+STEP_SIDES = ("koi", "koi-sparse24", "koi-sparse24-kernel", "koi-sparse24-int8", "koi-predictor")
 
 
 def timed_ms(fn: Callable[[], object], device: torch.device, iters: int) -> float:
@@ -66,10 +66,11 @@ class Table:
             f.write(json.dumps({"kind": self.kind, "date": time.strftime("%Y-%m-%d"), **record}) + "\n")
 
 
-def attempt(table: Table, label: str, record: dict, measure: Callable[..., str], *args) -> None:
-    """Measure one row (``measure(*args)`` returns its text); a failure prints as that row and the table goes on."""
+def attempt(table: Table, label: str, record: dict, measure: Callable[..., tuple[str, float]], *args) -> None:
+    """Measure one row (``measure(*args)`` returns its text and milliseconds); a failure prints as that row and the table goes on."""
     try:
-        table.row(measure(*args), record)
+        text, ms = measure(*args)
+        table.row(text, {**record, "ms": ms})
     except Exception as exc:  # noqa: BLE001 - a bench row reports any failure and the rest still run
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         table.row(f"{label} FAILED: {message}", {**record, "error": message})
@@ -86,7 +87,7 @@ def set_backend(name: str) -> None:
 
 
 def sparse_forward(label: str, x: torch.Tensor, w24: torch.Tensor, backend: str, per_call: bool, flops: float, dense_ms: float,
-                   device: torch.device, iters: int) -> str:
+                   device: torch.device, iters: int) -> tuple[str, float]:
     """2:4 forward on one backend: the weight compressed once (inference) or in every call (training: it changes each step)."""
     from torch.sparse import to_sparse_semi_structured
 
@@ -97,7 +98,7 @@ def sparse_forward(label: str, x: torch.Tensor, w24: torch.Tensor, backend: str,
         compressed = to_sparse_semi_structured(w24)
         ms = timed_ms(lambda: F.linear(x, compressed), device, iters)
     side = f"2:4 {backend} fwd, " + ("compress each call" if per_call else "compressed once")
-    return matmul_text(label, side, ms, flops, dense_ms)
+    return matmul_text(label, side, ms, flops, dense_ms), ms
 
 
 def matmul_rows(table: Table, shapes: dict, device: torch.device, iters: int) -> None:
@@ -131,11 +132,11 @@ def train_step(layer: nn.Module, x: torch.Tensor) -> None:
 
 
 def sparse_layer_step(label: str, n_in: int, n_out: int, kernel: str, x: torch.Tensor, flops: float, dense_ms: float,
-                      device: torch.device, iters: int) -> str:
+                      device: torch.device, iters: int) -> tuple[str, float]:
     holder = nn.Sequential(SparseLinear.from_linear(nn.Linear(n_in, n_out, device=device), kernel=kernel))
     update_masks_(holder)
     ms = timed_ms(partial(train_step, holder, x), device, iters)
-    return matmul_text(label, f"2:4 fwd+bwd ({'kernel' if holder[0].sparse_kernel else 'masked dense'})", ms, 3 * flops, dense_ms)
+    return matmul_text(label, f"2:4 fwd+bwd ({'kernel' if holder[0].sparse_kernel else 'masked dense'})", ms, 3 * flops, dense_ms), ms
 
 
 def layer_rows(table: Table, label: str, record: dict, x: torch.Tensor, n_in: int, n_out: int, flops: int,
@@ -144,7 +145,7 @@ def layer_rows(table: Table, label: str, record: dict, x: torch.Tensor, n_in: in
     dense_ms = timed_ms(partial(train_step, nn.Linear(n_in, n_out, device=device), x), device, iters)
     table.row(matmul_text(label, "dense fwd+bwd (autocast)", dense_ms, 3 * flops, dense_ms),
               {**record, "side": "dense-fwd-bwd", "ms": dense_ms})
-    for kernel in ("auto", "masked"):
+    for kernel in ("semi_structured", "masked"):
         attempt(table, label, {**record, "side": f"sparse-fwd-bwd-{kernel}"}, sparse_layer_step, label, n_in, n_out, kernel, x, flops,
                 dense_ms, device, iters)
 
@@ -157,10 +158,11 @@ def dense_mlp(x: torch.Tensor, up: torch.Tensor, up_b: torch.Tensor, down: torch
     return F.linear(gelu(F.linear(x, up, up_b)), down, down_b)
 
 
-def gathered(label: str, keep: float, args: tuple, index: torch.Tensor, dense_ms: float, device: torch.device, iters: int) -> str:
+def gathered(label: str, keep: float, args: tuple, index: torch.Tensor, dense_ms: float, device: torch.device,
+             iters: int) -> tuple[str, float]:
     x, up, up_b, down, down_b = args
     ms = timed_ms(partial(gathered_mlp, x, [up], [up_b], down, down_b, index, gelu), device, iters)
-    return f"{label}{keep:>8.2f}{ms:>10.4f}{dense_ms / ms:>8.2f}x"
+    return f"{label}{keep:>8.2f}{ms:>10.4f}{dense_ms / ms:>8.2f}x", ms
 
 
 def gather_rows(table: Table, shapes: dict, device: torch.device, iters: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,9 +74,17 @@ KOI_SIDES = {
                                   "remat": {"mode": "ffn"}},
     "koi-accum2-8bit-bf16w-remat": {"train": {"batch_size": 16, "grad_accum": 2}, "optimizer": {"name": "adamw8bit", "weights": "bf16"},
                                     "remat": {"mode": "full"}},
-    # issue 27 (bench/sparsity.py): 2:4 MLPs from step 0 on the sparse kernels / masked dense, with int8, and MLP predictors
-    "koi-sparse24": {"sparsity": {"plan": {MLPS: "2:4"}}},
-    "koi-sparse24-masked": {"sparsity": {"plan": {MLPS: "2:4"}, "kernel": "masked"}},
+    # what each of those levers costs alone at the full 32 x 1024 batch (micro-batching, the 8-bit step, stochastic rounding)
+    "koi-accum4": {"train": {"batch_size": 8, "grad_accum": 4}},
+    "koi-8bit": {"optimizer": {"name": "adamw8bit"}},
+    "koi-bf16w": {"optimizer": {"weights": "bf16"}},
+    "koi-8bit-bf16w": {"optimizer": {"name": "adamw8bit", "weights": "bf16"}},
+    # issue 24: a mixture step's rate alone on the card (2 experts of 6 blocks, 4 of 3), no switch inside the timed steps
+    "koi-mix2": {"mixture": {"experts": 2, "switch": 100_000, "method": "pso"}},
+    "koi-mix4": {"mixture": {"experts": 4, "switch": 100_000, "method": "pso"}},
+    # issue 27 (bench/sparsity.py): 2:4 MLPs from step 0 (masked dense / on the sparse kernels), with int8, and MLP predictors
+    "koi-sparse24": {"sparsity": {"plan": {MLPS: "2:4"}}},  # the default kernel: masked dense
+    "koi-sparse24-kernel": {"sparsity": {"plan": {MLPS: "2:4"}, "kernel": "semi_structured"}},
     "koi-sparse24-int8": {"precision": {"plan": {MLPS: "int8"}}, "sparsity": {"plan": {MLPS: "2:4"}}},
     "koi-predictor": {"sparsity": {"activation_predictor": {"enabled": True}}},
 }
@@ -108,18 +117,24 @@ def run_koi(case: str, side: str, steps: int, work: Path) -> dict:
     shards = work / "shards"
     if not shards.exists():
         make_shards(shards)
-    config = koi_config(case, steps, shards, work, side)
-    path = work / f"{side}.json"
-    path.write_text(json.dumps(config))
-    log = work / f"{side}.log"
-    with log.open("w") as out:
-        code = subprocess.run([sys.executable, "-m", "koi_train", "run", str(path)], stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, "NCCL_NVLS_ENABLE": "0"}).returncode
-    metrics = work / side / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    timed = [r for r in records if r.get("kind") == "train" and r["step"] == 2 * steps]
-    if code != 0 or not timed:
-        raise RuntimeError(" | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-400:])
+    # A fresh folder per run: a side named twice trains twice (one folder would resume the finished
+    # run and read its old metrics), and removing it after keeps a long session's disk free.
+    run_root = Path(tempfile.mkdtemp(dir=work, prefix=f"{side}-"))
+    try:
+        config = koi_config(case, steps, shards, run_root, side)
+        path = run_root / f"{side}.json"
+        path.write_text(json.dumps(config))
+        log = run_root / f"{side}.log"
+        with log.open("w") as out:
+            code = subprocess.run([sys.executable, "-m", "koi_train", "run", str(path)], stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "NCCL_NVLS_ENABLE": "0"}).returncode
+        metrics = run_root / side / "metrics.jsonl"
+        records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        timed = [r for r in records if r.get("kind") == "train" and r["step"] == 2 * steps]
+        if code != 0 or not timed:
+            raise RuntimeError(" | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-400:])
+    finally:
+        shutil.rmtree(run_root, ignore_errors=True)
     row = timed[0]
     estimate = next((r["total_gib"] for r in records if r.get("kind") == "memory_estimate"), None)
     return {"tokens_per_s": row["tokens_per_s"], "peak_gib": row.get("peak_memory_gib"), "loss": row["loss"], "estimate_gib": estimate}
@@ -219,6 +234,7 @@ def main() -> None:
             estimate = f"{row['estimate_gib']:.2f}" if row.get("estimate_gib") else "-"
             print(f"{case:<13}{side:<22}{row['tokens_per_s']:>11,.0f}{mfu:>7}{row['peak_gib']:>10.2f}{estimate:>10}{row['loss']:>8.3f}"
                   f"{ratio:>8}", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -194,12 +194,13 @@ def test_kernel_path_matches_the_masked_path_on_cuda(compiled):
     torch.manual_seed(0)
     base = nn.Linear(256, 128, device="cuda")
     layers = {}
-    for kernel in ("auto", "masked"):
+    for kernel in ("semi_structured", "masked", "auto"):
         layers[kernel] = nn.Sequential(SparseLinear.from_linear(nn.Linear(256, 128, device="cuda"), kernel=kernel))
         layer = layers[kernel][0]
         layer.weight, layer.bias = nn.Parameter(base.weight.detach().clone()), nn.Parameter(base.bias.detach().clone())
         update_masks_(layers[kernel])
-    assert layers["auto"][0].sparse_kernel and not layers["masked"][0].sparse_kernel
+    assert layers["semi_structured"][0].sparse_kernel
+    assert not layers["masked"][0].sparse_kernel and not layers["auto"][0].sparse_kernel  # measured slower on Hopper
     x = torch.randn(4, 64, 256, device="cuda")
     results = {}
     for kernel, layer in layers.items():
@@ -208,6 +209,6 @@ def test_kernel_path_matches_the_masked_path_on_cuda(compiled):
             out = fn(x)
         out.float().square().mean().backward()
         results[kernel] = (out.float(), layer[0].weight.grad)
-    torch.testing.assert_close(results["auto"][0], results["masked"][0], rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(results["auto"][1], results["masked"][1], rtol=2e-2, atol=2e-3)
-    assert results["auto"][1].abs().sum() > 0
+    torch.testing.assert_close(results["semi_structured"][0], results["masked"][0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(results["semi_structured"][1], results["masked"][1], rtol=2e-2, atol=2e-3)
+    assert results["semi_structured"][1].abs().sum() > 0

@@ -9,11 +9,15 @@ SR-STE does), so a pruned weight that grows back into a group's top two is kept 
 mask update. `MaskSchedule` trains dense for ``dense_steps``, then recomputes every mask from
 the latent magnitudes every ``recompute_every`` steps.
 
-On CUDA, a 2:4 layer in bf16/fp16 whose shape the sparse kernels accept runs its forward matmul
-through PyTorch's semi-structured sparse tensors (cuSPARSELt or CUTLASS), inside one registered
-op (`koi_quant::semi_structured_matmul`) so torch.compile keeps it whole. Its input gradient is
-a dense matmul: the mask is 2:4 along the input dimension, which the transposed product does not
-contract over. Everywhere else the layer is a masked dense matmul with the same values.
+By default ("auto") a sparse layer is a masked dense matmul: on an H200 (BENCHMARKS.md, seventh
+session) PyTorch's semi-structured kernels ran the MLP forward of GPT-2 124M and 1558M at
+0.10-0.36x the dense bf16 matmul (cuSPARSELt; CUTLASS refuses compute capability 9.0) and a
+whole 124M step at 0.88x, while the masked matmul kept the step at 1.00x. ``kernel=
+"semi_structured"`` asks for those kernels anyway (to measure them, or on a card where they pay):
+a 2:4 layer in bf16/fp16 whose shape they accept then runs its forward inside one registered op
+(`koi_quant::semi_structured_matmul`) so torch.compile keeps it whole. Its input gradient is a
+dense matmul: the mask is 2:4 along the input dimension, which the transposed product does not
+contract over.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from torch import nn
 from .modules import QuantLinear, refuse_unmatched, set_module
 from .ste import quantize_activations_int8
 
-KERNELS = ("auto", "masked")
+# auto: the path measured fastest, masked dense on every card measured so far (the module docstring says why)
+KERNELS = ("auto", "masked", "semi_structured")
 DENSE = "dense"
 
 
@@ -138,9 +143,9 @@ def _use_kernel(layer: nn.Linear, x: torch.Tensor) -> bool:
 
 
 def switch_on(layer: nn.Linear) -> None:
-    """The layer's mask is a real N:M mask from now on: compute with it, on the sparse kernels where they apply."""
+    """The layer's mask is a real N:M mask from now on: compute with it (on the sparse kernels if asked and they apply)."""
     layer.active = True
-    layer.sparse_kernel = layer.kernel == "auto" and semi_structured_applies(layer.weight, *layer.nm)
+    layer.sparse_kernel = layer.kernel == "semi_structured" and semi_structured_applies(layer.weight, *layer.nm)
 
 
 class SparseLinear(nn.Linear):
@@ -215,9 +220,10 @@ def sparsify_(model: nn.Module, plan: Mapping[str, str], *, kernel: str = "auto"
     "dense" entry before a broad pattern excludes layers). Call it after `quantize_`. Layers start
     dense (all-ones mask): `MaskSchedule` or `update_masks_` sets the masks. ``decay`` > 0 adds
     SR-STE's ``decay * weight`` to the gradient of each pruned weight, pulling pruned weights
-    toward zero so masks settle. ``kernel``: "auto" (sparse tensor cores where they apply) or
-    "masked" (always the masked dense matmul). Returns pattern -> module names; a pattern that
-    matches no Linear is an error.
+    toward zero so masks settle. ``kernel``: "auto" or "masked" (the masked dense matmul, the
+    faster path on the cards measured) or "semi_structured" (the forward on the sparse tensor cores
+    where they accept the layer). Returns pattern -> module names; a pattern that matches no Linear
+    is an error.
     """
     patterns = {pattern: (None if value == DENSE else parse_pattern(value)) for pattern, value in plan.items()}
     matched: dict[str, list[str]] = {pattern: [] for pattern in plan}

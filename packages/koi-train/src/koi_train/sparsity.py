@@ -157,7 +157,7 @@ def apply_sparsity(model: nn.Module, cfg: SparsityConfig, precision: PrecisionCo
                 raise ConfigError("", f"sparsity.plan.{pattern}", f"matches the output head {head!r}, which the fused loss "
                                   "multiplies directly; expected patterns for the blocks only, e.g. transformer.h.*.mlp.*")
         kernel = "sparse tensor cores for the forward of 2:4 bf16 layers on CUDA, masked dense elsewhere" \
-            if cfg.kernel == "auto" else "masked dense"
+            if cfg.kernel == "semi_structured" else "masked dense"
         lines.append(f"sparsity (dense for {cfg.dense_steps} steps, masks every {cfg.recompute_every} steps, {kernel}"
                      + (f", SR-STE decay {cfg.decay:g}" if cfg.decay else "") + "):")
         for pattern, value in cfg.plan.items():
