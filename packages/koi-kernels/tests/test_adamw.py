@@ -144,3 +144,80 @@ def test_8bit_bf16_weights_keep_updates_smaller_than_half_a_bf16_step(monkeypatc
         opt.step()
     moved = float(p.detach().float().mean()) - 1.0
     assert abs(moved - 64 * 2**-10) < 0.01  # 0.0625 expected; nearest rounding would leave 0.0
+
+
+def _optimizer(kind: str, param: torch.nn.Parameter) -> torch.optim.Optimizer:
+    from koi_kernels import AdamW8bit
+
+    cls = FusedAdamW if kind == "fused" else AdamW8bit
+    return cls([param], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, seed=3)
+
+
+def _state(opt: torch.optim.Optimizer, param: torch.Tensor) -> dict:
+    return {k: v.detach().clone() for k, v in opt.state[param].items()}
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        assert torch.equal(a[key].view(torch.uint8) if a[key].dtype == torch.float8_e4m3fn else a[key],
+                           b[key].view(torch.uint8) if b[key].dtype == torch.float8_e4m3fn else b[key]), key
+
+
+@pytest.mark.parametrize("path", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["fused", "8bit"])
+def test_a_step_skipped_on_the_device_leaves_no_trace(kind, dtype, path, device, monkeypatch):
+    """With found_inf = 1 a step, even on a NaN gradient, changes no weight, moment or count, and the run
+    goes on bit for bit like one that never called step() (the same rounding noise included); with
+    found_inf = 0 it is the ungated step. Koi's late instability judging rests on both."""
+    monkeypatch.setenv("KOI_KERNELS", path)
+    g = torch.Generator().manual_seed(1)
+    start = torch.randn(3, 300, generator=g)
+    grads = [torch.randn(3, 300, generator=g) for _ in range(3)]
+    gated = torch.nn.Parameter(start.clone().to(device, dtype))
+    plain = torch.nn.Parameter(start.clone().to(device, dtype))
+    opt_gated, opt_plain = _optimizer(kind, gated), _optimizer(kind, plain)
+    flag = {value: torch.tensor(value, device=device) for value in (0.0, 1.0)}
+    for i, grad in enumerate(grads):
+        gated.grad, plain.grad = grad.to(device, dtype), grad.to(device, dtype)
+        opt_gated.found_inf = flag[0.0]
+        opt_gated.step()
+        opt_plain.step()
+        assert torch.equal(gated, plain), i
+        _same(_state(opt_gated, gated), _state(opt_plain, plain))
+        before = (gated.detach().clone(), _state(opt_gated, gated))
+        gated.grad = torch.full_like(gated, float("nan"))
+        opt_gated.found_inf = flag[1.0]
+        opt_gated.step()
+        assert torch.equal(gated, before[0]), i
+        _same(_state(opt_gated, gated), before[1])
+    assert float(opt_gated.state[gated]["step"]) == len(grads)
+
+
+@pytest.mark.parametrize("kind", ["fused", "8bit"])
+def test_a_loaded_state_keeps_its_dtypes_and_resumes_bit_for_bit(kind, device):
+    """torch's load_state_dict casts floating state to the parameter's dtype: 8-bit codes would come back
+    as bf16 or fp32 and fp32 moments of bf16 weights as bf16. Loaded here, each keeps its dtype, and the
+    step after a load equals the step without one."""
+    import copy
+
+    g = torch.Generator().manual_seed(2)
+    start = torch.randn(600, generator=g)
+    grads = [torch.randn(600, generator=g) for _ in range(3)]
+    first = torch.nn.Parameter(start.clone().to(device, torch.bfloat16))
+    opt = _optimizer(kind, first)
+    for grad in grads[:2]:
+        first.grad = grad.to(device, torch.bfloat16)
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    second = torch.nn.Parameter(first.detach().clone())
+    resumed = _optimizer(kind, second)
+    resumed.load_state_dict(saved)
+    _same(_state(resumed, second), _state(opt, first))
+    first.grad, second.grad = grads[2].to(device, torch.bfloat16), grads[2].to(device, torch.bfloat16)
+    opt.step()
+    resumed.step()
+    assert torch.equal(first, second)
+    _same(_state(resumed, second), _state(opt, first))

@@ -162,7 +162,9 @@ def test_ddp_two_processes_recover_alike(ddp_results, case):
 
 @pytest.mark.parametrize("fault,step,optimizer", [(None, None, "adamw"), ("nan_batch", 23, "adamw"), ("lr_spike", 7, "adamw"),
                                                   ("grad_explosion", 9, "adamw"), ("nan_batch", 23, "muon"), ("lr_spike", 7, "muon"),
-                                                  ("lr_spike", 14, "adamw")])  # seen at 15, after snapshot 16 was taken
+                                                  ("lr_spike", 14, "adamw"),  # seen at 15, after snapshot 16 was taken
+                                                  ("nan_batch", 23, "adamw8bit"), ("lr_spike", 7, "adamw8bit"),
+                                                  ("nan_batch", 23, "adamw+bf16"), ("lr_spike", 14, "adamw8bit+bf16")])
 def test_judging_a_step_late_decides_and_trains_as_judging_it_at_once(prepared, tmp_path, fault, step, optimizer):
     """The default judges each step while the next runs (late_judging.py), with the update gated on the
     device; a rollback found late redoes the step run since. Same events, losses and weights as the host
@@ -171,9 +173,10 @@ def test_judging_a_step_late_decides_and_trains_as_judging_it_at_once(prepared, 
     for late in (True, False):
         name = f"late-{late}"
         raw = _config(prepared, tmp_path, name, "plain")
-        raw["optimizer"] = {**raw.get("optimizer", {}), "name": optimizer}
+        opt_name, _, weights = optimizer.partition("+")
+        raw["optimizer"] = {**raw.get("optimizer", {}), "name": opt_name, **({"weights": weights} if weights else {})}
         trainer = Trainer(load_dict(raw), tmp_path / name, log=lambda *_: None)
-        assert trainer.judge_late  # fused AdamW and Muon gate their update on a device flag, on the CPU too
+        assert trainer.judge_late  # every optimizer here gates its update on a device flag, on the CPU too
         trainer.judge_late = late
         if fault:
             inject(trainer, fault, step)

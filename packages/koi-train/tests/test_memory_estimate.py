@@ -98,3 +98,27 @@ def test_block_shapes_move_the_estimate_the_way_their_tensors_do():
     plain = activation_bytes("none", batch=8, seq=1024, width=768, layers=12)
     with_qk_norm = activation_bytes("none", batch=8, seq=1024, width=768, layers=12, block=qk)
     assert with_qk_norm == plain + int(qk.attention * 12 * 8 * 1024 * 768 * 2)
+
+
+def test_fused_fp8_matmuls_drop_the_bf16_inputs_of_the_projections():
+    """Compiled row-fused fp8 keeps neither norm output nor the down projection's input: 1 + 1 + 4 units
+    per GPT-2 layer (1 + 1 + hidden/width for SwiGLU), and every remat mode still orders the same way."""
+    import torch
+
+    from koi_train.config import ModelConfig
+    from koi_train.memory_estimate import BlockUnits
+    from koi_train.models import build_model
+
+    with torch.device("meta"):
+        gpt2 = build_model(ModelConfig(arch="gpt2", preset="gpt2-124M")).spec
+        llama = build_model(ModelConfig(arch="llama", preset="llama-124M", n_kv_head=12)).spec
+    assert BlockUnits.of(gpt2, fp8_fused_inputs=True) == BlockUnits(-1, -5)
+    swiglu = BlockUnits.of(llama, fp8_fused_inputs=True)
+    assert swiglu.attention == -1 and swiglu.mlp == pytest.approx(BlockUnits.of(llama).mlp - 1 - llama.mlp_hidden / llama.n_embd)
+    block = BlockUnits.of(gpt2, fp8_fused_inputs=True)
+    btc = 32 * 1024 * 768
+    plain = activation_bytes("none", batch=32, seq=1024, width=768, layers=12, bytes_per_value=2, residual_bytes=4)
+    fused = activation_bytes("none", batch=32, seq=1024, width=768, layers=12, bytes_per_value=2, residual_bytes=4, block=block)
+    assert plain - fused == 12 * 6 * 2 * btc
+    sizes = [activation_bytes(m, batch=32, seq=1024, width=768, layers=12, block=block) for m in ("none", "ffn", "selective", "full")]
+    assert sizes == sorted(sizes, reverse=True) and min(sizes) > 0

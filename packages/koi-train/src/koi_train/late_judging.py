@@ -21,13 +21,17 @@ from dataclasses import dataclass
 
 import torch
 
+from koi_kernels import AdamW8bit, FusedAdamW
+
 from .optim import Muon
 from .optimizer_set import OptimizerSet
 
 
 def optimizer_can_gate(optimizer: OptimizerSet) -> bool:
-    """Torch's fused Adam/AdamW and Koi's Muon skip an update on a device flag (a ``found_inf`` input)."""
-    return all(isinstance(opt, Muon) or (isinstance(opt, torch.optim.Adam | torch.optim.AdamW) and opt.defaults.get("fused"))
+    """Torch's fused Adam/AdamW, Koi's Muon and koi-kernels' AdamW (bf16 weights) and 8-bit AdamW skip an
+    update on a device flag (a ``found_inf`` input)."""
+    return all(isinstance(opt, Muon | FusedAdamW | AdamW8bit)
+               or (isinstance(opt, torch.optim.Adam | torch.optim.AdamW) and opt.defaults.get("fused"))
                for opt in optimizer.optimizers)
 
 

@@ -14,6 +14,13 @@ The LN inputs are the residual stream, which under autocast keeps the weights' d
 optimizer.weights is bf16); everything else is in the autocast dtype. Checked on an H200 against
 torch.cuda.max_memory_allocated: GPT-2 124M (no remat, fp32 weights), 1558M (full remat) and
 1558M with bf16 weights, 8-bit states stepped in backward all land within 8% (BENCHMARKS.md).
+
+Compiled fp8 matmuls with row-fused scaling keep less: the quantization is traced with the
+norm and the activation before each matmul, so the bf16 inputs of the q/k/v and up projections
+(the norms' outputs) and of the down projection (the activation's output) are not kept. On an
+H200 GPT-2 124M at batch 32 peaked 3.54 GiB below bf16 (9.58 against 13.12), 6.3 units per
+layer, where those inputs make 6. Row and tile scaling (separate quantization kernels) and
+eager runs measured no saving (the smoke matrix's peaks, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -43,14 +50,17 @@ class BlockUnits:
     mlp: float = 0.0
 
     @classmethod
-    def of(cls, spec) -> BlockUnits:
-        """From a model spec: its MLP width and gating, its k/v heads, QK-norm."""
+    def of(cls, spec, *, fp8_fused_inputs: bool = False) -> BlockUnits:
+        """From a model spec: its MLP width and gating, its k/v heads, QK-norm; ``fp8_fused_inputs``:
+        compiled fp8 matmuls with row-fused scaling, which keep no bf16 matmul inputs (module docstring)."""
         width = spec.n_embd
         gated = isinstance(spec, LlamaSpec)  # SwiGLU keeps gate, up and their product
         hidden = getattr(spec, "mlp_hidden", 4 * width)
         mlp = (3 if gated else 2) * hidden / width - 8
         kv_share = getattr(spec, "n_kv_head", spec.n_head) / spec.n_head
         attention = 2 * (kv_share - 1) + (QK_NORM_UNITS if getattr(spec, "qk_norm", False) else 0.0)
+        if fp8_fused_inputs:  # the attention norm's output; the MLP norm's output and the down projection's input
+            attention, mlp = attention - 1, mlp - 1 - hidden / width
         return cls(attention, mlp)
 
     def shift(self, halves: tuple[int, int]) -> float:
@@ -106,7 +116,8 @@ class MemoryEstimate:
 
 
 def estimate_run_memory(model: nn.Module, *, optimizer: str, muon_matrices: int = 0, in_backward: bool, remat: str,
-                        batch: int, seq: int, compute_bytes: int, residual_bytes: int) -> MemoryEstimate:
+                        batch: int, seq: int, compute_bytes: int, residual_bytes: int,
+                        block: BlockUnits | None = None) -> MemoryEstimate:
     """A step's peak, from the parts that scale: weights, gradients, optimizer state, kept activations, loss.
 
     Gradients live in the parameters' dtype; stepped in backward, only one block's exist at once.
@@ -126,7 +137,8 @@ def estimate_run_memory(model: nn.Module, *, optimizer: str, muon_matrices: int 
         state_bytes = count * OPTIMIZER_STATE_BYTES.get(optimizer, OPTIMIZER_STATE_BYTES["adamw"])
     spec = model.spec
     activations = activation_bytes(remat, batch=batch, seq=seq, width=spec.n_embd, layers=spec.n_layer,
-                                   bytes_per_value=compute_bytes, residual_bytes=residual_bytes, block=BlockUnits.of(spec))
+                                   bytes_per_value=compute_bytes, residual_bytes=residual_bytes,
+                                   block=block if block is not None else BlockUnits.of(spec))
     rows = batch * seq
     chunk = min(rows * spec.vocab_size, max(spec.vocab_size, LOSS_CHUNK_LOGITS // spec.vocab_size * spec.vocab_size))
     loss = rows * spec.n_embd * compute_bytes + spec.vocab_size * spec.n_embd * 4 + chunk * compute_bytes

@@ -105,9 +105,12 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     wrapped = apply_remat(model, cfg.remat.mode)
     compute_bytes = 2 if device.type == "cuda" else 4
     residual_bytes = 2 if cfg.optimizer.weights == "bf16" and device.type == "cuda" else 4  # the weights' dtype, under autocast
+    compiled = cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda")
+    fp8_fused = cfg.precision.fp8_matmul and cfg.precision.fp8_scaling == "row-fused" and compiled and device.type == "cuda"
+    block_units = BlockUnits.of(model.spec, fp8_fused_inputs=fp8_fused)
     report.append(remat_report(cfg.remat.mode, batch=cfg.train.batch_size, seq=block_size, width=model.spec.n_embd,
                                layers=model.spec.n_layer, bytes_per_value=compute_bytes, residual_bytes=residual_bytes,
-                               block=BlockUnits.of(model.spec))
+                               block=block_units)
                   + (f", recomputing {len(wrapped)} modules" if wrapped else ""))
     model.to(device)
     if cfg.optimizer.weights == "bf16":  # parameters only: buffers such as RoPE tables keep fp32
@@ -117,7 +120,6 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     if cfg.distributed.strategy == "fsdp" and cfg.optimizer.name == "muon" and dist.active:
         raise ConfigError("", "optimizer.name", "muon needs whole matrices; use ddp, or adamw/lion with fsdp")
     objective = NextTokenLoss(model)
-    compiled = cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda")
     if compiled and cfg.train.optimizer_in_backward:
         # A whole-objective graph hands back all gradients at once: the in-backward step would save nothing.
         compiled = False
@@ -145,7 +147,7 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
         memory = estimate_run_memory(model, optimizer=cfg.optimizer.name, muon_matrices=matrices,
                                      in_backward=cfg.train.optimizer_in_backward, remat=cfg.remat.mode,
                                      batch=cfg.train.batch_size, seq=block_size, compute_bytes=compute_bytes,
-                                     residual_bytes=residual_bytes)
+                                     residual_bytes=residual_bytes, block=block_units)
         report.append(memory.line())
     params = count_parameters(model)
     mixture = None

@@ -10,36 +10,46 @@ import torch
 
 from ..dispatch import use_triton
 from .adamw_reference import adamw_reference
+from .optimizer_state import count_steps, device_step, load_keeping_dtypes, seed_base, step_seed
 
 
 class FusedAdamW(torch.optim.Optimizer):
+    """AdamW, one kernel per parameter. Like torch's fused AdamW, a step waits on a device flag when
+    ``found_inf`` is set (a 0/1 tensor): where it is 1 the weights, the moments and the step count
+    stay as they were, and nothing is read back to the host (optimizer_state.py says why)."""
+
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01,
                  seed: int = 0) -> None:
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.seed = seed
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        load_keeping_dtypes(self, state_dict)  # torch's own would cast bf16 weights' fp32 moments to bf16
+
     @torch.no_grad()
     def step(self, closure=None):
+        skip = getattr(self, "found_inf", None)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            for index, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
+            stepping = [(index, p) for index, p in enumerate(group["params"]) if p.grad is not None]
+            for _, p in stepping:
                 state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
+                if "exp_avg" not in state:
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                state["step"] += 1
-                step = int(state["step"])
-                seed = (self.seed * 1_000_003 + step * 7_919 + index) % (2**31 - 1)
-                options = dict(step=step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                               weight_decay=group["weight_decay"])
+            steps = [device_step(self.state[p], p) for _, p in stepping]
+            count_steps(steps, skip)
+            options = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+            for (index, p), step in zip(stepping, steps, strict=True):
+                state, base = self.state[p], seed_base(self.seed, index)
                 if use_triton(p):
                     from .adamw_triton import adamw_step
 
-                    adamw_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"], seed=seed, **options)
+                    adamw_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"], step=step, seed_base=base, skip=skip, **options)
                 else:
-                    gen = torch.Generator(device=p.device).manual_seed(seed)
-                    noise = torch.randint(0, 2**16, p.shape, generator=gen, device=p.device) if p.dtype == torch.bfloat16 else None
-                    adamw_reference(p, p.grad, state["exp_avg"], state["exp_avg_sq"], noise=noise, **options)
+                    noise = None
+                    if p.dtype == torch.bfloat16:  # the torch form draws its noise on the host's seed: one read
+                        gen = torch.Generator(device=p.device).manual_seed(step_seed(base, int(step)))
+                        noise = torch.randint(0, 2**16, p.shape, generator=gen, device=p.device)
+                    adamw_reference(p, p.grad, state["exp_avg"], state["exp_avg_sq"], step=step, noise=noise, skip=skip,
+                                    **options)

@@ -20,18 +20,25 @@ def stochastic_round_bf16(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return rounded.view(torch.float32).to(torch.bfloat16)
 
 
-def adamw_reference(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *, step: int,
-                    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-                    noise: torch.Tensor | None = None) -> None:
-    """One decoupled AdamW step in fp32, in place; bf16 params are written back with stochastic rounding."""
+def adamw_reference(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *,
+                    step: int | torch.Tensor, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                    noise: torch.Tensor | None = None, skip: torch.Tensor | None = None) -> None:
+    """One decoupled AdamW step in fp32, in place; bf16 params are written back with stochastic rounding.
+
+    ``step`` is this step's count (a number, or a scalar tensor as the kernel reads it); where the
+    device flag ``skip`` is 1, nothing changes (selected, not blended: a skipped gradient may be NaN).
+    """
     p = param.float()
     g = grad.float()
-    exp_avg.mul_(beta1).add_(g, alpha=1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    m_hat = exp_avg / (1 - beta1**step)
-    v_hat = exp_avg_sq / (1 - beta2**step)
+    m = exp_avg * beta1 + g * (1 - beta1)
+    v = torch.addcmul(exp_avg_sq * beta2, g, g, value=1 - beta2)
+    m_hat = m / (1 - beta1**step)
+    v_hat = v / (1 - beta2**step)
     p = p * (1 - lr * weight_decay) - lr * m_hat / (v_hat.sqrt() + eps)
-    if param.dtype == torch.bfloat16 and noise is not None:
-        param.copy_(stochastic_round_bf16(p, noise))
-    else:
-        param.copy_(p.to(param.dtype))
+    p = stochastic_round_bf16(p, noise) if param.dtype == torch.bfloat16 and noise is not None else p.to(param.dtype)
+    if skip is not None:
+        keep_old = skip.reshape(()).to(device=param.device) != 0
+        m, v, p = torch.where(keep_old, exp_avg, m), torch.where(keep_old, exp_avg_sq, v), torch.where(keep_old, param, p)
+    exp_avg.copy_(m)
+    exp_avg_sq.copy_(v)
+    param.copy_(p)
