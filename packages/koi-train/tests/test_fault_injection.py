@@ -164,7 +164,8 @@ def test_ddp_two_processes_recover_alike(ddp_results, case):
                                                   ("grad_explosion", 9, "adamw"), ("nan_batch", 23, "muon"), ("lr_spike", 7, "muon"),
                                                   ("lr_spike", 14, "adamw"),  # seen at 15, after snapshot 16 was taken
                                                   ("nan_batch", 23, "adamw8bit"), ("lr_spike", 7, "adamw8bit"),
-                                                  ("nan_batch", 23, "adamw+bf16"), ("lr_spike", 14, "adamw8bit+bf16")])
+                                                  ("nan_batch", 23, "adamw+bf16"), ("lr_spike", 14, "adamw8bit+bf16"),
+                                                  ("nan_batch", 23, "lion")])
 def test_judging_a_step_late_decides_and_trains_as_judging_it_at_once(prepared, tmp_path, fault, step, optimizer):
     """The default judges each step while the next runs (late_judging.py), with the update gated on the
     device; a rollback found late redoes the step run since. Same events, losses and weights as the host

@@ -43,6 +43,29 @@ def test_offload_and_restore_are_exact(prepared, tmp_path):
         assert all(torch.equal(before[1][name][k], after[1][name][k]) for k in before[1][name])
 
 
+def test_switches_store_each_expert_into_the_host_tensors_it_already_has(prepared, tmp_path):
+    """Pinned host memory costs about a second per GB to allocate: a switch copies the active expert
+    (weights and optimizer state) into the host tensors of its previous switch, and still exactly."""
+    trainer = _trainer(prepared, tmp_path, social=0.0, crossover=0.0, method="pso")
+    mixture = trainer.parts.mixture
+    for _ in range(2):
+        trainer.train_step()
+        trainer._apply_update(None)
+    mixture.switch()  # expert 0's optimizer state reaches the host for the first time
+    held = {n: t.data_ptr() for n, t in mixture.weights[0].items()}
+    held_state = {(n, k): v.data_ptr() for n, s in mixture.opt_states[0].items() for k, v in s.items() if torch.is_tensor(v)}
+    mixture.switch()
+    mixture.switch()  # back to expert 0, which trains again before it is stored
+    trainer.train_step()
+    trainer._apply_update(None)
+    weights, states = _snapshot(trainer)
+    mixture.switch()
+    assert {n: t.data_ptr() for n, t in mixture.weights[0].items()} == held
+    assert {(n, k): v.data_ptr() for n, s in mixture.opt_states[0].items() for k, v in s.items() if torch.is_tensor(v)} == held_state
+    assert all(torch.equal(mixture.weights[0][n], weights[n]) for n in weights)
+    assert all(torch.equal(mixture.opt_states[0][n][k], states[n][k]) for n in states for k in states[n])
+
+
 def test_pso_pulls_each_element_part_of_the_way(prepared, tmp_path):
     trainer = _trainer(prepared, tmp_path, social=0.3, method="pso")
     mixture = trainer.parts.mixture

@@ -23,14 +23,14 @@ import torch
 
 from koi_kernels import AdamW8bit, FusedAdamW
 
-from .optim import Muon
+from .optim import Lion, Muon
 from .optimizer_set import OptimizerSet
 
 
 def optimizer_can_gate(optimizer: OptimizerSet) -> bool:
-    """Torch's fused Adam/AdamW, Koi's Muon and koi-kernels' AdamW (bf16 weights) and 8-bit AdamW skip an
-    update on a device flag (a ``found_inf`` input)."""
-    return all(isinstance(opt, Muon | FusedAdamW | AdamW8bit)
+    """Torch's fused Adam/AdamW, Koi's Muon and Lion, and koi-kernels' AdamW (bf16 weights) and 8-bit
+    AdamW skip an update on a device flag (a ``found_inf`` input)."""
+    return all(isinstance(opt, Muon | Lion | FusedAdamW | AdamW8bit)
                or (isinstance(opt, torch.optim.Adam | torch.optim.AdamW) and opt.defaults.get("fused"))
                for opt in optimizer.optimizers)
 

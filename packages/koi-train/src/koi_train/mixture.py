@@ -38,6 +38,20 @@ def _host(t: torch.Tensor) -> torch.Tensor:
     return copy.pin_memory() if t.is_cuda else copy
 
 
+def _host_into(t: torch.Tensor, held: torch.Tensor | None) -> torch.Tensor:
+    """``t`` in host memory: copied into ``held`` (asynchronously from a GPU) when its shape and dtype fit."""
+    if held is None or held.shape != t.shape or held.dtype != t.dtype or held.device.type != "cpu":
+        return _host(t)
+    held.copy_(t.detach(), non_blocking=held.is_pinned())
+    return held
+
+
+def _finish_copies(params) -> None:
+    """Wait for the asynchronous device-to-host copies: the host reads those tensors next."""
+    for device in {p.device for p in params if p.is_cuda}:
+        torch.cuda.current_stream(device).synchronize()
+
+
 class ExpertMixture:
     def __init__(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], cfg: MixtureConfig, seed: int) -> None:
         self.model, self.optimizers, self.cfg = model, optimizers, cfg
@@ -65,20 +79,26 @@ class ExpertMixture:
         return {"total": shared + block * self.cfg.experts, "active": shared + block, "experts": self.cfg.experts}
 
     # host <-> device ----------------------------------------------------------------------------
-    def _snapshot_weights(self) -> dict[str, torch.Tensor]:
-        return {name: _host(p) for name, p in self.block_params.items()}
+    def _snapshot_weights(self, into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The active block weights in host memory, copied into ``into``'s tensors where they fit."""
+        out = {name: _host_into(p, (into or {}).get(name)) for name, p in self.block_params.items()}
+        _finish_copies(self.block_params.values())
+        return out
 
     def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, p in self.block_params.items():
                 p.copy_(weights[name], non_blocking=True)
 
-    def _snapshot_optimizer(self) -> dict:
+    def _snapshot_optimizer(self, into: dict | None = None) -> dict:
+        """The active blocks' optimizer state in host memory, copied into ``into``'s tensors where they fit."""
         out = {}
         for name, p in self.block_params.items():
             for opt in self.optimizers:
                 if p in opt.state:
-                    out[name] = {k: _host(v) if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
+                    held = (into or {}).get(name, {})
+                    out[name] = {k: _host_into(v, held.get(k)) if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
+        _finish_copies(self.block_params.values())
         return out
 
     def _load_optimizer(self, states: dict | None) -> None:
@@ -100,9 +120,12 @@ class ExpertMixture:
                 x.copy_(torch.where(take, best[name], x))
 
     def switch(self) -> int:
-        """Store the active expert, pull the others toward it, load the next; return the new index."""
-        self.weights[self.active] = self._snapshot_weights()
-        self.opt_states[self.active] = self._snapshot_optimizer()
+        """Store the active expert, pull the others toward it, load the next; return the new index.
+
+        The active expert goes into its own host tensors of the last switch: pinning host memory
+        costs about a second per GB, which every switch paid when each took fresh ones."""
+        self.weights[self.active] = self._snapshot_weights(self.weights[self.active])
+        self.opt_states[self.active] = self._snapshot_optimizer(self.opt_states[self.active])
         for i, other in enumerate(self.weights):
             if i != self.active:
                 self._pull_toward(self.weights[self.active], other)
@@ -114,7 +137,7 @@ class ExpertMixture:
     # evaluation ----------------------------------------------------------------------------------
     def evaluate_experts(self, evaluate: Callable[[Callable], float]) -> dict:
         """Loss of every expert, the best one, and the ensemble that averages the experts' logits."""
-        self.weights[self.active] = self._snapshot_weights()
+        self.weights[self.active] = self._snapshot_weights(self.weights[self.active])
         losses = []
         for weights in self.weights:
             self._load_weights(weights)
@@ -135,7 +158,7 @@ class ExpertMixture:
 
     # checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        self.weights[self.active] = self._snapshot_weights()
+        self.weights[self.active] = self._snapshot_weights(self.weights[self.active])
         return {"active": self.active, "weights": self.weights, "opt_states": self.opt_states,
                 "generator": self.generator.get_state(), "best_expert": self.best_expert}
 

@@ -99,13 +99,15 @@ class Muon(torch.optim.Optimizer):
 
 
 class Lion(torch.optim.Optimizer):
-    """Sign-of-momentum updates (Chen et al., 2023): one state tensor per parameter."""
+    """Sign-of-momentum updates (Chen et al., 2023): one state tensor per parameter. With ``found_inf``
+    set (a 0/1 device tensor), where it is 1 the weights and the momentum stay as they were (as Muon)."""
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0) -> None:
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):
+        skip = getattr(self, "found_inf", None)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -116,9 +118,13 @@ class Lion(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)
                 m = state["exp_avg"]
                 update = (m * beta1 + p.grad * (1 - beta1)).sign_()
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
-                m.mul_(beta2).add_(p.grad, alpha=1 - beta2)
+                new_p = torch.add(p * (1 - group["lr"] * group["weight_decay"]), update, alpha=-group["lr"])
+                new_m = torch.add(m * beta2, p.grad, alpha=1 - beta2)
+                if skip is not None:  # selected, not blended: a skipped step's gradient may be NaN
+                    keep_old = skip.reshape(()).to(p.device) != 0
+                    new_p, new_m = torch.where(keep_old, p, new_p), torch.where(keep_old, m, new_m)
+                p.copy_(new_p)
+                m.copy_(new_m)
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
