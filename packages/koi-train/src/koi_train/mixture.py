@@ -58,6 +58,8 @@ class ExpertMixture:
         self.block_params = dict(model.blocks.named_parameters())
         self.active = 0
         self.generator = torch.Generator().manual_seed(seed + 1)
+        self.seed = seed
+        self._device_generator: torch.Generator | None = None  # the pull's draws when the model is on a GPU
         # Every expert starts from its own initialisation: re-draw the blocks for experts 1..E-1.
         self.weights = [self._snapshot_weights()]
         residual_std = model.spec.init_std / (2 * model.spec.n_layer) ** 0.5  # as the model's own init
@@ -110,14 +112,32 @@ class ExpertMixture:
                         opt.state[p] = {k: v.to(p.device) if torch.is_tensor(v) else v for k, v in states[name].items()}
 
     # the evolutionary step ----------------------------------------------------------------------
-    def _pull_toward(self, best: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> None:
-        for name, x in other.items():
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device.type == "cpu":
+            return self.generator
+        if self._device_generator is None:
+            self._device_generator = torch.Generator(device).manual_seed(self.seed + 2)
+        return self._device_generator
+
+    def _pull_toward(self, other: dict[str, torch.Tensor]) -> None:
+        """Move ``other`` (an expert in host memory) toward the active expert, which is on the model's device.
+
+        On a GPU each tensor visits the device for its pull: a draw per element of every expert is
+        seconds of host work per switch at 1558M, a round trip over PCIe a fraction of one.
+        """
+        for name, held in other.items():
+            best = self.block_params[name].detach()
+            x = held.to(best.device, non_blocking=True)  # on the CPU: ``held`` itself, pulled in place
+            generator = self._generator(best.device)
             if self.cfg.method in ("pso", "pso_ga"):
-                r = torch.rand(x.shape, generator=self.generator)
-                x.add_(self.cfg.social * r * (best[name] - x))
+                r = torch.rand(x.shape, generator=generator, device=best.device)
+                x.add_(self.cfg.social * r * (best - x))
             if self.cfg.method in ("mix", "pso_ga"):
-                take = torch.rand(x.shape, generator=self.generator) < self.cfg.crossover
-                x.copy_(torch.where(take, best[name], x))
+                take = torch.rand(x.shape, generator=generator, device=best.device) < self.cfg.crossover
+                x.copy_(torch.where(take, best, x))
+            if x is not held:
+                held.copy_(x, non_blocking=held.is_pinned())
+        _finish_copies(self.block_params.values())
 
     def switch(self) -> int:
         """Store the active expert, pull the others toward it, load the next; return the new index.
@@ -128,7 +148,7 @@ class ExpertMixture:
         self.opt_states[self.active] = self._snapshot_optimizer(self.opt_states[self.active])
         for i, other in enumerate(self.weights):
             if i != self.active:
-                self._pull_toward(self.weights[self.active], other)
+                self._pull_toward(other)
         self.active = (self.active + 1) % self.cfg.experts
         self._load_weights(self.weights[self.active])
         self._load_optimizer(self.opt_states[self.active])
@@ -160,10 +180,14 @@ class ExpertMixture:
     def state_dict(self) -> dict:
         self.weights[self.active] = self._snapshot_weights(self.weights[self.active])
         return {"active": self.active, "weights": self.weights, "opt_states": self.opt_states,
-                "generator": self.generator.get_state(), "best_expert": self.best_expert}
+                "generator": self.generator.get_state(), "best_expert": self.best_expert,
+                "device_generator": None if self._device_generator is None else self._device_generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.active, self.weights, self.opt_states = state["active"], state["weights"], state["opt_states"]
         self.generator.set_state(state["generator"])
+        device_state = state.get("device_generator")
+        if device_state is not None:
+            self._generator(next(iter(self.block_params.values())).device).set_state(device_state)
         self.best_expert = state.get("best_expert")
         self._load_weights(self.weights[self.active])
