@@ -10,7 +10,11 @@ import torch
 
 from ..dispatch import use_triton
 from .adamw_reference import adamw_reference
-from .optimizer_state import count_steps, device_step, load_keeping_dtypes, seed_base, step_seed
+from .optimizer_state import advance, load_keeping_dtypes, step_seed
+
+
+def _new_state(p: torch.Tensor) -> dict:
+    return {"exp_avg": torch.zeros_like(p, dtype=torch.float32), "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32)}
 
 
 class FusedAdamW(torch.optim.Optimizer):
@@ -31,17 +35,9 @@ class FusedAdamW(torch.optim.Optimizer):
         skip = getattr(self, "found_inf", None)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            stepping = [(index, p) for index, p in enumerate(group["params"]) if p.grad is not None]
-            for _, p in stepping:
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-            steps = [device_step(self.state[p], p) for _, p in stepping]
-            count_steps(steps, skip)
             options = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
-            for (index, p), step in zip(stepping, steps, strict=True):
-                state, base = self.state[p], seed_base(self.seed, index)
+            for p, step, base in advance(self, group, _new_state, skip):
+                state = self.state[p]
                 if use_triton(p):
                     from .adamw_triton import adamw_step
 

@@ -19,7 +19,7 @@ from .adamw_reference import stochastic_round_bf16
 from .fp8_formats import E4M3 as FP8
 from .fp8_formats import E4M3_MAX as FP8_MAX
 from .fp8_formats import MOMENT_BLOCK as BLOCK
-from .optimizer_state import count_steps, device_step, load_keeping_dtypes, seed_base, step_seed
+from .optimizer_state import advance, load_keeping_dtypes, step_seed
 
 
 def _encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +31,11 @@ def _encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _decode(codes: torch.Tensor, scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return (codes.float() * scale).view(-1)[: like.numel()].view(like.shape)
+
+
+def _new_state(p: torch.Tensor) -> dict:
+    zeros = torch.zeros_like(p, dtype=torch.float32)
+    return dict(zip(("m_codes", "m_scale"), _encode(zeros))) | dict(zip(("v_codes", "v_scale"), _encode(zeros)))
 
 
 class AdamW8bit(torch.optim.Optimizer):
@@ -54,17 +59,9 @@ class AdamW8bit(torch.optim.Optimizer):
         skip = getattr(self, "found_inf", None)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            stepping = [(index, p) for index, p in enumerate(group["params"]) if p.grad is not None]
-            for _, p in stepping:
-                state = self.state[p]
-                if "m_codes" not in state:
-                    state["m_codes"], state["m_scale"] = _encode(torch.zeros_like(p, dtype=torch.float32))
-                    state["v_codes"], state["v_scale"] = _encode(torch.zeros_like(p, dtype=torch.float32))
-            steps = [device_step(self.state[p], p) for _, p in stepping]
-            count_steps(steps, skip)
             options = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
-            for (index, p), step in zip(stepping, steps, strict=True):
-                state, base = self.state[p], seed_base(self.seed, index)
+            for p, step, base in advance(self, group, _new_state, skip):
+                state = self.state[p]
                 if use_triton(p) and p.is_contiguous():
                     from .adamw8bit_triton import adamw8bit_step
 

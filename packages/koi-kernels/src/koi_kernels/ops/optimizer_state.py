@@ -9,6 +9,8 @@ time, exactly as if ``step()`` had not been called.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 SEED_MODULUS = 2**31 - 1
@@ -44,6 +46,20 @@ def count_steps(steps: list[torch.Tensor], skip: torch.Tensor | None) -> None:
     else:
         keep = (skip.reshape(()) == 0).to(torch.float32)
         torch._foreach_add_(steps, [keep.to(s.device) for s in steps])
+
+
+def advance(optimizer: torch.optim.Optimizer, group: dict, new_state: Callable[[torch.Tensor], dict],
+            skip: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(parameter, its device step count, its rounding seed base) for each parameter of ``group`` with a
+    gradient: a first step's state made by ``new_state``, every count advanced (not where ``skip`` is 1)."""
+    stepping = [(index, p) for index, p in enumerate(group["params"]) if p.grad is not None]
+    for _, p in stepping:
+        state = optimizer.state[p]
+        if len(state) <= ("step" in state):  # nothing but (perhaps) a count yet
+            state.update(new_state(p))
+    steps = [device_step(optimizer.state[p], p) for _, p in stepping]
+    count_steps(steps, skip)
+    return [(p, step, seed_base(optimizer.seed, index)) for (index, p), step in zip(stepping, steps, strict=True)]
 
 
 def load_keeping_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
