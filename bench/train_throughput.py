@@ -74,6 +74,12 @@ KOI_SIDES = {
                                   "remat": {"mode": "ffn"}},
     "koi-accum2-8bit-bf16w-remat": {"train": {"batch_size": 16, "grad_accum": 2}, "optimizer": {"name": "adamw8bit", "weights": "bf16"},
                                     "remat": {"mode": "full"}},
+    # the same with CUDA graphs (train.compile_mode reduce-overhead): at micro-batches of 8 the host, not the
+    # GPU, set the pace (eighth session's profile: 39% of the step on the GPU)
+    "koi-accum4-8bit-bf16w-cg": {"train": {"batch_size": 8, "grad_accum": 4, "compile_mode": "reduce-overhead"},
+                                 "optimizer": {"name": "adamw8bit", "weights": "bf16"}},
+    "koi-accum4-cg": {"train": {"batch_size": 8, "grad_accum": 4, "compile_mode": "reduce-overhead"}},
+    "koi-cg": {"train": {"compile_mode": "reduce-overhead"}},
     # what each of those levers costs alone at the full 32 x 1024 batch (micro-batching, the 8-bit step, stochastic rounding)
     "koi-accum4": {"train": {"batch_size": 8, "grad_accum": 4}},
     "koi-8bit": {"optimizer": {"name": "adamw8bit"}},

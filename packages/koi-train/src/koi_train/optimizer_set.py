@@ -14,6 +14,8 @@ class OptimizerSet:
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
         self.optimizers = optimizers
+        # True under CUDA graphs: gradients are zeroed in place, never dropped (cuda_graphs.py)
+        self.keep_grad_buffers = False
         for opt in optimizers:
             for group in opt.param_groups:
                 group.setdefault("base_lr", group["lr"])
@@ -29,7 +31,7 @@ class OptimizerSet:
 
     def zero_grad(self) -> None:
         for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=not self.keep_grad_buffers)
 
     def state_dict(self) -> list[dict]:
         return [opt.state_dict() for opt in self.optimizers]

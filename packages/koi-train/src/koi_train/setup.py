@@ -14,6 +14,7 @@ from torch import nn
 from koi_tokenizer import Tokenizer
 
 from .config import ConfigError, RunConfig
+from .cuda_graphs import compile_mode_for, give_stable_grads, wants_cuda_graphs
 from .data import RandomWindows, open_shards
 from .distributed import DistInfo, device_for, wrap_model
 from .memory_estimate import BlockUnits, MemoryEstimate, estimate_run_memory, remat_report
@@ -47,6 +48,7 @@ class RunParts:
     sparsity: SparseTraining | None = None
     memory: MemoryEstimate | None = None  # the start-of-run estimate of peak device memory
     quant_warmup: QuantWarmup | None = None  # full precision first, then the plan's formats
+    cuda_graphs: bool = False  # the compiled objective replays CUDA graphs (cuda_graphs.py)
 
 
 def pick_device(name: str) -> torch.device:
@@ -120,19 +122,27 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     if cfg.distributed.strategy == "fsdp" and cfg.optimizer.name == "muon" and dist.active:
         raise ConfigError("", "optimizer.name", "muon needs whole matrices; use ddp, or adamw/lion with fsdp")
     objective = NextTokenLoss(model)
+    cuda_graphs = wants_cuda_graphs(cfg, device, compiled)
+    mode = compile_mode_for(cfg, device)
+    if compiled and mode != cfg.train.compile_mode:
+        report.append(f"compile: mode {cfg.train.compile_mode} replays CUDA graphs, which need CUDA; "
+                      f"compiling in mode {mode} on {device}")
     if compiled and cfg.train.optimizer_in_backward:
         # A whole-objective graph hands back all gradients at once: the in-backward step would save nothing.
         compiled = False
-        blocks = compile_blocks(model, mode=cfg.train.compile_mode)
+        blocks = compile_blocks(model, mode=mode)
         report.append(f"compile: on, per block ({blocks} blocks; train.optimizer_in_backward frees each "
                       "block's gradients as its backward ends); the first steps compile and take a minute")
+    elif cuda_graphs:
+        report.append("compile: on (train.compile), replaying CUDA graphs (train.compile_mode reduce-overhead); "
+                      "the first steps compile and capture the objective and take a minute")
     elif compiled:
         report.append("compile: on (train.compile); the first steps compile the objective and take a minute")
     if cfg.distributed.strategy == "fsdp":  # shard first, then compile the sharded blocks
         objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
-        objective = torch.compile(objective, mode=cfg.train.compile_mode) if compiled else objective
+        objective = torch.compile(objective, mode=mode) if compiled else objective
     else:  # compile, then replicate (DDP hooks see the compiled graph's buckets)
-        objective = torch.compile(objective, mode=cfg.train.compile_mode) if compiled else objective
+        objective = torch.compile(objective, mode=mode) if compiled else objective
         objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
     if cfg.train.optimizer_in_backward:
         check_compatible(cfg)
@@ -141,6 +151,9 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
     except ValueError as exc:
         field, _, problem = str(exc).partition(": ")
         raise ConfigError("", field, problem) from None
+    if cuda_graphs:  # gradients outside the graphs' pool, kept between steps (cuda_graphs.py)
+        give_stable_grads(model)
+        optimizer.keep_grad_buffers = True
     memory = None
     if cfg.distributed.strategy != "fsdp" and cfg.mixture.experts <= 1:  # sharded or part-trained models need their own sums
         matrices = sum(p.numel() for p in hidden_matrices(model)) if cfg.optimizer.name == "muon" else 0
@@ -163,4 +176,5 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
                   f"{sum(len(s) for s in val_shards):,} val tokens; device {device}"
                   + (f"; {cfg.distributed.strategy} over {dist.world_size} processes" if dist.active else ""))
     return RunParts(device, autocast, model, objective, optimizer, train_data,
-                    val_shards, tokenizer, block_size, params, report, mixture, sparsity, memory, quant_warmup)
+                    val_shards, tokenizer, block_size, params, report, mixture, sparsity, memory, quant_warmup,
+                    cuda_graphs)

@@ -14,6 +14,7 @@ from koi_eval import estimate_loss, evaluate_hellaswag, generate, read_eval_bin,
 
 from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, config_to_dict
+from .cuda_graphs import begin_graph_step
 from .distributed import DistInfo, barrier, full_state_dicts, load_full_state_dicts, mean_on_device
 from .instability import InstabilityEvent, TrainingAborted
 from .interrupt import DeferredInterrupt, StoppedAtBoundary
@@ -98,6 +99,8 @@ class Trainer:
         return torch.autocast(self.parts.device.type, dtype=dtype) if dtype else nullcontext()
 
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.parts.cuda_graphs:  # the last call's outputs are read by now: let the replay reuse them
+            begin_graph_step()
         with self._autocast():
             return self.parts.objective(x, y)
 
