@@ -24,6 +24,7 @@ in $OUT/mixture.jsonl.
     python bench/mixture.py                       # both budgets, seed 1
     python bench/mixture.py --budget tokens       # one call's worth: the equal-tokens runs
     python bench/mixture.py --budget time --rates-from bench/results/mixture.jsonl   # then the rest
+    python bench/mixture.py --budget time --speedups 2=1.60,4=2.30   # rates measured alone (train_throughput.py)
     python bench/mixture.py --smoke               # a tiny GPT-2 on the CPU: checks the script, no figures worth reading
     python bench/mixture.py --size 1558M --methods pso --minutes 3    # 1558M total, equal wall time, memory levers on
 """
@@ -148,6 +149,18 @@ def line(row: dict) -> str:
             + f"{row['tokens_per_s']:>11,.0f}{row['peak_gib']:>9.2f}{row['tokens_per_s_per_trained_million']:>10,.0f}")
 
 
+def parse_speedups(text: str) -> dict[int, float]:
+    """``2=1.60,4=2.30`` -> {2: 1.6, 4: 2.3}: the step-rate ratio of each expert count to full depth."""
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        speedups = {int(experts): float(ratio) for experts, ratio in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected EXPERTS=RATIO[,EXPERTS=RATIO...], got {text!r}") from None
+    if any(e < 2 or r <= 0 for e, r in speedups.items()):
+        raise argparse.ArgumentTypeError(f"expected expert counts >= 2 and positive ratios, got {text!r}")
+    return speedups
+
+
 def earlier_rates(path: Path, seed: int, steps: int) -> list[dict]:
     """The newest equal-tokens row of each run (same seed and steps) in an earlier call's mixture.jsonl."""
     if not path.exists():
@@ -184,6 +197,9 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=5, help="runs sharing the card at once")
     parser.add_argument("--rates-from", type=Path, help="--budget time: take the equal-tokens runs' rates from this "
                         "mixture.jsonl (an earlier call) instead of running them again")
+    parser.add_argument("--speedups", type=parse_speedups, help="--budget time: each mixture's step rate over full "
+                        "depth's, measured alone on the card (train_throughput.py's koi-mix2 / koi-mix4 against koi), "
+                        "as EXPERTS=RATIO,...; replaces the equal-tokens runs' rates, which were measured sharing the card")
     parser.add_argument("--smoke", action="store_true", help="a tiny GPT-2 on the CPU, 2 experts, few steps")
     parser.add_argument("--size", choices=["124M", "1558M"], default="124M",
                         help="1558M: equal wall time only (--minutes), every run with Koi's memory levers")
@@ -212,6 +228,10 @@ def main() -> None:
           + f"{'tok/s':>11}{'peak GiB':>9}{'tok/s/M':>10}", flush=True)
     if large:
         equal_time_large(case, mixtures, args, shards, work, out, size)
+        return
+    if args.budget == "time" and args.speedups:
+        launch([case("time", e, m, round(args.steps * args.speedups[e])) for e, m in mixtures if e in args.speedups],
+               shards, work, args.parallel, out, size)
         return
     if earlier is not None:
         equal_tokens = earlier

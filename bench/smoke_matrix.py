@@ -1,8 +1,8 @@
 """Every config path trains on the card: `koi-train run` on GPT-2 124M for 50 steps, one row per path.
 
 Rows cover every format of `precision.plan` (fp8 also on real fp8 matmuls: row, row-fused and tile scales),
-compile on and off, each optimizer, bf16 weights, the optimizer in backward, each remat mode, and
-DDP / FSDP over 2 GPUs. Each row is its own `koi-train run` process (a crash marks that row
+compile on and off, each optimizer, bf16 weights, the optimizer in backward, each remat mode, CUDA
+graphs with gradient accumulation, and DDP / FSDP over 2 GPUs. Each row is its own `koi-train run` process (a crash marks that row
 failed and the rest go on); rows run several at a time, spread over the visible GPUs, so tok/s
 here is a sanity figure, not a benchmark (bench/train_throughput.py times speed alone). A row is
 printed as soon as it ends; compiled and eager twins of one config must end within 0.02 in loss.
@@ -61,6 +61,11 @@ def rows() -> list[tuple[str, dict, int]]:
                                                      "instability": {"action": "rollback"}}, 1))
     for mode in ("ffn", "selective", "full"):
         out.append((f"remat-{mode}/compiled", {"remat": {"mode": mode}, "train": {"compile": True}}, 1))
+    # CUDA graphs (train.compile_mode reduce-overhead) with accumulation, the case where a replay could
+    # overwrite gradients being summed: its eager twin trains the same micro-batches without graphs
+    for mode in BOTH:
+        out.append((f"accum2-cuda-graphs/{mode}", {"train": {"compile": mode == "compiled", "compile_mode": "reduce-overhead",
+                                                             "batch_size": 4, "grad_accum": 2}}, 1))
     for strategy in ("ddp", "fsdp"):
         out.append((f"{strategy}-2gpu/compiled", {"distributed": {"strategy": strategy, "backend": "nccl"},
                                                   "train": {"compile": True, "batch_size": 4}}, 2))

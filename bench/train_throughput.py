@@ -80,6 +80,8 @@ KOI_SIDES = {
                                  "optimizer": {"name": "adamw8bit", "weights": "bf16"}},
     "koi-accum4-cg": {"train": {"batch_size": 8, "grad_accum": 4, "compile_mode": "reduce-overhead"}},
     "koi-cg": {"train": {"compile_mode": "reduce-overhead"}},
+    "koi-accum2-8bit-bf16w-remat-cg": {"train": {"batch_size": 16, "grad_accum": 2, "compile_mode": "reduce-overhead"},
+                                       "optimizer": {"name": "adamw8bit", "weights": "bf16"}, "remat": {"mode": "full"}},
     # what each of those levers costs alone at the full 32 x 1024 batch (micro-batching, the 8-bit step, stochastic rounding)
     "koi-accum4": {"train": {"batch_size": 8, "grad_accum": 4}},
     "koi-8bit": {"optimizer": {"name": "adamw8bit"}},
@@ -90,6 +92,7 @@ KOI_SIDES = {
     "koi-mix4": {"mixture": {"experts": 4, "switch": 100_000, "method": "pso"}},
     # issue 27 (bench/sparsity.py): 2:4 MLPs from step 0 (masked dense / on the sparse kernels), with int8, and MLP predictors
     "koi-sparse24": {"sparsity": {"plan": {MLPS: "2:4"}}},  # the default kernel: masked dense
+    "koi-remat-sparse24": {"remat": {"mode": "full"}, "sparsity": {"plan": {MLPS: "2:4"}}},  # 1558M: beside koi-remat
     "koi-sparse24-kernel": {"sparsity": {"plan": {MLPS: "2:4"}, "kernel": "semi_structured"}},
     "koi-sparse24-int8": {"precision": {"plan": {MLPS: "int8"}}, "sparsity": {"plan": {MLPS: "2:4"}}},
     "koi-predictor": {"sparsity": {"activation_predictor": {"enabled": True}}},

@@ -59,8 +59,12 @@ def test_sigint_at_random_moments_then_resume_equals_uninterrupted(prepared, tmp
     rng = random.Random(20240607)
     log, run_dir = tmp_path / "cut.log", tmp_path / "cut"
     proc = _start(["run", str(_config(prepared, tmp_path, "cut"))], log)
-    _wait_for(log, "run folder:", proc)  # before it there is no run to resume (`koi-train run` again is the remedy)
-    moments = [f"{rng.uniform(0.0, 3.0):.2f}s after the run folder"]
+    # The first SIGINT lands in training whatever the machine's speed: at a random step's progress
+    # line (a delay counted from the run folder's line let a fast machine finish all 40 steps first);
+    # start-up is the third SIGINT's moment.
+    step = rng.randint(2, STEPS - 10)
+    _wait_for(log, f"step {step:>6}/{STEPS}", proc)
+    moments = [f"0.00s after step {step}'s line"]
     time.sleep(float(moments[-1].split("s")[0]))
     for attempt in range(4):
         if attempt:
@@ -106,6 +110,34 @@ def _assert_identical(a, b, where: str) -> None:
             _assert_identical(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
+
+
+def test_ctrl_c_after_the_last_step_stops_at_once_and_resume_finishes(prepared, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C in the final evaluation used to be deferred and then never looked at: "done", exit 0."""
+    from koi_train.trainer import Trainer
+
+    real_evaluate, signalled = Trainer.evaluate, []
+
+    def evaluate(self, *, full=False):
+        if self.step == 6 and not signalled:  # the end-of-run evaluation, once (the resumed run's goes through)
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)  # the handler runs at the next bytecode: this sleep is cut short
+            raise AssertionError("SIGINT did not stop the final evaluation")
+        return real_evaluate(self, full=full)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    config = _config(prepared, tmp_path, "tail")
+    assert main(["run", str(config), "--set", "train.steps=6", "--set", "eval.every=0"]) == 130
+    run_dir = tmp_path / "tail"
+    assert "interrupted after the last step" in capsys.readouterr().out
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["kind"] == "summary"]  # nothing of the ending was written
+    assert main(["resume", str(run_dir)]) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "summary"] == [6]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 7))
+    assert (run_dir / "loss.png").exists()
 
 
 def test_resume_of_a_finished_run_leaves_it_untouched(prepared, tmp_path, capsys):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -62,6 +64,29 @@ class DeferredInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+    @staticmethod
+    @contextmanager
+    def immediate() -> Iterator[None]:
+        """Inside, Ctrl-C raises KeyboardInterrupt at once, and one that came while deferred raises on entry.
+
+        For the work after a run's last checkpoint (final evaluation, sample, plot): cutting it short
+        loses nothing, and left deferred a Ctrl-C there was never looked at again (the run ended
+        "done", exit 0). Only a deferral of ours is lifted; someone else's handler stays.
+        """
+        if DeferredInterrupt._requested:
+            DeferredInterrupt._requested = False
+            raise KeyboardInterrupt
+        current = signal.getsignal(signal.SIGINT)
+        ours = isinstance(getattr(current, "__self__", None), DeferredInterrupt)
+        if not ours or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, current)
 
     def requested_on_any_rank(self, dist: DistInfo, device: torch.device) -> bool:
         """Every rank must stop at the same step, or the checkpoint's collectives would wait forever."""

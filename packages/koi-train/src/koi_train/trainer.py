@@ -316,6 +316,27 @@ class Trainer:
         finally:
             interrupt.__exit__(None, None, None)
         path = self.save()
+        try:  # the last step is saved: from here a Ctrl-C stops at once (resume evaluates again)
+            with DeferredInterrupt.immediate():
+                final, summary = self._final_records(path)
+            for record in (final, summary):  # together, last: a Ctrl-C before them leaves no half of this ending to repeat on resume
+                if record:
+                    metrics.write(record)
+            metrics.close()
+            with DeferredInterrupt.immediate():
+                if self.dist.is_main:
+                    plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        except KeyboardInterrupt:
+            metrics.close()
+            self.log(f"interrupted after the last step ({path} is saved); koi-train resume {self.run_dir} finishes the run")
+            raise StoppedAtBoundary from None
+        written = [name for name in ("config.json", "metrics.jsonl", "loss.png") if (self.run_dir / name).exists()]
+        self.log(f"done: {self.run_dir} ({', '.join(written)}, checkpoints/)")
+        return summary
+
+    def _final_records(self, path: str) -> tuple[dict | None, dict]:
+        """The end-of-run evaluation and sample, and the summary record that names them and the checkpoint."""
+        cfg, p = self.cfg, self.parts
         summary = {"kind": "summary", "step": self.step, "tokens": self.step * self.tokens_per_step,
                    "parameters": p.params["total"], "parameters_trained": p.params["trained"], "checkpoint": path}
         final = self.evaluate(full=cfg.eval.full_at_end)
@@ -330,15 +351,7 @@ class Trainer:
         if sample is not None:
             self.log("sample:\n" + sample)
             summary["sample"] = sample
-        for record in (final, summary):  # together, last: a Ctrl-C before them leaves no half of this ending to repeat on resume
-            if record:
-                metrics.write(record)
-        metrics.close()
-        if self.dist.is_main:
-            plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
-        written = [name for name in ("config.json", "metrics.jsonl", "loss.png") if (self.run_dir / name).exists()]
-        self.log(f"done: {self.run_dir} ({', '.join(written)}, checkpoints/)")
-        return summary
+        return final, summary
 
 
 def mixture_summary(record: dict) -> str:
