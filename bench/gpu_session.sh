@@ -56,7 +56,10 @@ stage_smoke() {
 
 stage_speed() {
   local sides="${KOI_SPEED_SIDES:-reference koi koi-fp8 koi-fp8-fused koi-fp8-tile koi-int4 koi-ternary}"
-  timeout "${KOI_SPEED_TIMEOUT:-420}" python3 bench/train_throughput.py --steps "${KOI_SPEED_STEPS:-30}" \
+  # about 100 s a side on a fresh H100 (start, compile, 2 x 40 steps at 124M): 7 sides outran 440 s
+  local count; count=$(wc -w <<< "$sides")
+  local budget=$(( 60 + 110 * count < 580 ? 60 + 110 * count : 580 ))
+  timeout "${KOI_SPEED_TIMEOUT:-$budget}" python3 bench/train_throughput.py --steps "${KOI_SPEED_STEPS:-30}" \
     $(printf -- "--side %s " $sides) 2>&1 | tee "$logs/speed.log"
 }
 

@@ -65,6 +65,12 @@ KOI_SIDES = {
                    "remat": {"mode": "full"}},
     "koi-lowmem-noremat": {"optimizer": {"name": "adamw8bit", "weights": "bf16"},
                            "train": {"optimizer_in_backward": True, "grad_clip": 0.0}},
+    "koi-lowmem-selective": {"optimizer": {"name": "adamw8bit", "weights": "bf16"},
+                             "train": {"optimizer_in_backward": True, "grad_clip": 0.0}, "remat": {"mode": "selective"}},
+    # 1558M (case batch 8) without the step in backward: 4 micro-batches of 2 under CUDA graphs, full remat
+    # (the start-of-run estimate: 9.64 GiB; the in-backward side: 8.04 GiB, 9.21 with selective remat)
+    "koi-mb2-accum4-8bit-bf16w-remat-cg": {"train": {"batch_size": 2, "grad_accum": 4, "compile_mode": "reduce-overhead"},
+                                           "optimizer": {"name": "adamw8bit", "weights": "bf16"}, "remat": {"mode": "full"}},
     "koi-8bit-bf16w-remat": {"optimizer": {"name": "adamw8bit", "weights": "bf16"}, "remat": {"mode": "full"}},
     "koi-8bit-remat": {"optimizer": {"name": "adamw8bit"}, "remat": {"mode": "full"}},
     # issue 21 at 124M (<= 4 GiB at >= 1.0x the plain reference): the same 32 x 1024 tokens a step as
