@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_config
 
 from koi_train import ConfigError, Trainer, load_dict
-from koi_train.cuda_graphs import give_stable_grads
+from koi_train.cuda_graphs import give_stable_grads, skip_note, skipped_graphs
 from koi_train.optimizer_set import OptimizerSet
 
 CUDA = torch.cuda.is_available()
@@ -32,9 +32,11 @@ def _fit(raw, run_dir):
 def test_graphed_run_matches_default_compile_with_accumulation(prepared, tmp_path):
     train = {"device": "cuda", "compile": True, "grad_accum": 3, "steps": 12, "log_every": 1}
     plain, plain_losses = _fit(tiny_config(prepared, tmp_path, train=train), tmp_path / "plain")
+    skipped_before = skipped_graphs()
     graphed, graphed_losses = _fit(tiny_config(prepared, tmp_path, train={**train, "compile_mode": "reduce-overhead"}),
                                    tmp_path / "graphed")
     assert graphed.parts.cuda_graphs and not plain.parts.cuda_graphs
+    assert skipped_graphs() == skipped_before, "Inductor ran the objective without CUDA graphs"
     assert len(graphed_losses) == 12 and graphed_losses[-1] < graphed_losses[0]
     # bf16 autocast and non-deterministic kernels on both sides: equal to a few thousandths, not bit for bit
     assert graphed_losses == pytest.approx(plain_losses, abs=0.02)
@@ -85,3 +87,14 @@ def test_stable_grads_are_zeroed_in_place_and_accumulate():
     for p in model.parameters():
         if p.requires_grad:
             assert p.grad.data_ptr() == buffers[id(p)] and not p.grad.any()
+
+
+def test_a_skipped_graph_is_reported(monkeypatch):
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setitem(counters, "inductor", counters["inductor"].copy())
+    counters["inductor"]["cudagraph_skips"] = 0
+    assert skipped_graphs() == 0 and skip_note(0) is None
+    counters["inductor"]["cudagraph_skips"] = 2  # what Inductor counts when it refuses to capture a graph
+    assert skipped_graphs() == 2
+    assert "2 graph(s) without CUDA graphs" in skip_note(2) and "TORCH_LOGS=cudagraphs" in skip_note(2)

@@ -61,3 +61,22 @@ def give_stable_grads(model: nn.Module) -> int:
 def begin_graph_step() -> None:
     """Mark a new graph step: the previous objective call's outputs may now be overwritten."""
     torch.compiler.cudagraph_mark_step_begin()
+
+
+def skipped_graphs() -> int:
+    """How many graphs Inductor compiled without CUDA graphs (a mutated input, a CPU tensor, ...).
+
+    Inductor logs each skip only to an artifact logger that is off by default, so a run that asked
+    for graphs and got none would not know it; the trainer reports this count after the first step.
+    """
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"].get("cudagraph_skips", 0))
+
+
+def skip_note(skipped: int) -> str | None:
+    """The line a run prints when graphs were skipped, or None."""
+    if skipped <= 0:
+        return None
+    return (f"compile: Inductor ran {skipped} graph(s) without CUDA graphs (train.compile_mode reduce-overhead); "
+            "those parts launch kernel by kernel. TORCH_LOGS=cudagraphs says why")

@@ -14,7 +14,7 @@ from koi_eval import estimate_loss, evaluate_hellaswag, generate, read_eval_bin,
 
 from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, config_to_dict
-from .cuda_graphs import begin_graph_step
+from .cuda_graphs import begin_graph_step, skip_note, skipped_graphs
 from .distributed import DistInfo, barrier, full_state_dicts, load_full_state_dicts, mean_on_device
 from .instability import InstabilityEvent, TrainingAborted
 from .interrupt import DeferredInterrupt, StoppedAtBoundary
@@ -263,6 +263,7 @@ class Trainer:
             p.quant_warmup.before_step(min(self.step, cfg.train.steps - 1))
         self.guard.begin(metrics, self.step)
         interrupt = DeferredInterrupt().__enter__()  # Ctrl-C waits for a step boundary (see interrupt.py)
+        graphs_checked = False
         try:
             while self.step < cfg.train.steps:
                 if interrupt.requested_on_any_rank(self.dist, p.device):
@@ -283,6 +284,10 @@ class Trainer:
                     loss, grad_norm = self._judge_now(loss_t, norm_t)
                     self._log_step(self.step + 1, loss, grad_norm, p.optimizer.optimizers[0].param_groups[0]["lr"])
                 self.step += 1
+                if p.cuda_graphs and not graphs_checked:  # compiled and captured by now: say if graphs were refused
+                    graphs_checked = True
+                    if note := skip_note(skipped_graphs()):
+                        self.log(note)
                 # A switch, an eval or a checkpoint sees every update judged: each settles the step in flight first.
                 if p.mixture is not None and self.step % cfg.mixture.switch == 0 and self.step < cfg.train.steps:
                     self._settle()
