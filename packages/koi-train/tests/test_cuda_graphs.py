@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_config
 
 from koi_train import ConfigError, Trainer, load_dict
-from koi_train.cuda_graphs import give_stable_grads, skip_note, skipped_graphs
+from koi_train.cuda_graphs import give_stable_grads, graphs_hint, skip_note, skipped_graphs
 from koi_train.optimizer_set import OptimizerSet
 
 CUDA = torch.cuda.is_available()
@@ -98,3 +98,16 @@ def test_a_skipped_graph_is_reported(monkeypatch):
     counters["inductor"]["cudagraph_skips"] = 2  # what Inductor counts when it refuses to capture a graph
     assert skipped_graphs() == 2
     assert "2 graph(s) without CUDA graphs" in skip_note(2) and "TORCH_LOGS=cudagraphs" in skip_note(2)
+
+
+def test_accumulating_runs_on_one_gpu_are_pointed_at_graphs(prepared, tmp_path):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    accum = load_dict(tiny_config(prepared, tmp_path, train={"grad_accum": 4}))
+    assert "reduce-overhead" in graphs_hint(accum, cuda, compiled=True)
+    assert graphs_hint(accum, cpu, compiled=True) is None  # nothing to replay on the CPU
+    assert graphs_hint(accum, cuda, compiled=False) is None
+    assert graphs_hint(load_dict(tiny_config(prepared, tmp_path)), cuda, compiled=True) is None  # one micro-batch
+    asked = load_dict(tiny_config(prepared, tmp_path, train={"grad_accum": 4, "compile_mode": "reduce-overhead"}))
+    assert graphs_hint(asked, cuda, compiled=True) is None
+    ddp = load_dict(tiny_config(prepared, tmp_path, train={"grad_accum": 4}, distributed={"strategy": "ddp"}))
+    assert graphs_hint(ddp, cuda, compiled=True) is None

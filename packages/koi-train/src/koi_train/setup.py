@@ -14,7 +14,7 @@ from torch import nn
 from koi_tokenizer import Tokenizer
 
 from .config import ConfigError, RunConfig
-from .cuda_graphs import compile_mode_for, give_stable_grads, wants_cuda_graphs
+from .cuda_graphs import compile_mode_for, give_stable_grads, graphs_hint, wants_cuda_graphs
 from .data import RandomWindows, open_shards
 from .distributed import DistInfo, device_for, wrap_model
 from .memory_estimate import BlockUnits, MemoryEstimate, estimate_run_memory, remat_report
@@ -138,6 +138,8 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
                       "the first steps compile and capture the objective and take a minute")
     elif compiled:
         report.append("compile: on (train.compile); the first steps compile the objective and take a minute")
+        if hint := graphs_hint(cfg, device, compiled):
+            report.append(hint)
     if cfg.distributed.strategy == "fsdp":  # shard first, then compile the sharded blocks
         objective = wrap_model(objective, cfg.distributed, dist, device, autocast)
         objective = torch.compile(objective, mode=mode) if compiled else objective
