@@ -86,6 +86,8 @@ KOI_SIDES = {
                                  "optimizer": {"name": "adamw8bit", "weights": "bf16"}},
     "koi-accum4-cg": {"train": {"batch_size": 8, "grad_accum": 4, "compile_mode": "reduce-overhead"}},
     "koi-cg": {"train": {"compile_mode": "reduce-overhead"}},
+    "koi-accum2-8bit-bf16w-ffn-cg": {"train": {"batch_size": 16, "grad_accum": 2, "compile_mode": "reduce-overhead"},
+                                     "optimizer": {"name": "adamw8bit", "weights": "bf16"}, "remat": {"mode": "ffn"}},
     "koi-accum2-8bit-bf16w-remat-cg": {"train": {"batch_size": 16, "grad_accum": 2, "compile_mode": "reduce-overhead"},
                                        "optimizer": {"name": "adamw8bit", "weights": "bf16"}, "remat": {"mode": "full"}},
     # what each of those levers costs alone at the full 32 x 1024 batch (micro-batching, the 8-bit step, stochastic rounding)
