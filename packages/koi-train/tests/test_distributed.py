@@ -25,6 +25,11 @@ def _run(args, cwd, nproc=None):
     return subprocess.run([*launcher, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
+def _tails(result) -> str:
+    """What a failed run printed: the end of stdout (which step it reached) and of stderr (why it died)."""
+    return f"stdout:\n{result.stdout[-1500:]}\nstderr:\n{result.stderr[-3000:]}"
+
+
 def _losses(run_dir):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
@@ -43,14 +48,14 @@ def _config(prepared, tmp_path, name, strategy, batch_size, steps=STEPS):
 def single(prepared, tmp_path_factory):
     root = tmp_path_factory.mktemp("single")
     result = _run(["run", str(_config(prepared, root, "single", "none", 8))], cwd=root)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, _tails(result)
     return _losses(root / "single")
 
 
 @pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=NEEDS_CPU_FSDP)])
 def test_two_processes_match_one_with_the_same_global_batch(prepared, tmp_path, single, strategy):
     result = _run(["run", str(_config(prepared, tmp_path, strategy, strategy, 4))], cwd=tmp_path, nproc=2)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, _tails(result)
     losses = _losses(tmp_path / strategy)
     assert sorted(losses) == list(range(1, STEPS + 1))
     for step, loss in single.items():
@@ -99,13 +104,13 @@ def test_two_nodes_through_c10d_rendezvous_match_one_process(prepared, tmp_path,
 @NEEDS_CPU_FSDP
 def test_fsdp_checkpoint_resumes_on_one_process(prepared, tmp_path, single):
     first = _run(["run", str(_config(prepared, tmp_path, "resume", "fsdp", 4, steps=STEPS))], cwd=tmp_path, nproc=2)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, _tails(first)
     run_dir = tmp_path / "resume"
     import shutil
 
     shutil.rmtree(run_dir / "checkpoints" / f"step_{STEPS:08d}")  # pretend the job died after the step-6 checkpoint
     second = _run(["resume", str(run_dir), "--set", "distributed.strategy=none", "--set", "train.batch_size=8"], cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 0, _tails(second)
     losses = _losses(run_dir)
     for step in range(7, STEPS + 1):
         assert abs(losses[step] - single[step]) < 2e-4, f"step {step}: {losses[step]} vs {single[step]}"
@@ -128,9 +133,9 @@ def test_strategy_without_torchrun_is_a_config_error(prepared, tmp_path):
 @NEEDS_CPU_FSDP
 def test_sharded_checkpoint_exports(prepared, tmp_path):
     first = _run(["run", str(_config(prepared, tmp_path, "exp", "fsdp", 4, steps=3))], cwd=tmp_path, nproc=2)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, _tails(first)
     result = _run(["export", str(tmp_path / "exp"), str(tmp_path / "hf")], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, _tails(result)
     assert (tmp_path / "hf" / "model.safetensors").exists()
 
 
@@ -141,7 +146,7 @@ def test_fsdp_keeps_the_precision_plan(prepared, tmp_path):
     raw["precision"] = {"plan": {"transformer.h.*.mlp.*": "ternary", "transformer.h.*.attn.*": "int8"}}
     path.write_text(json.dumps(raw))
     result = _run(["run", str(path)], cwd=tmp_path, nproc=2)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, _tails(result)
     assert "ternary" in result.stdout and "int8" in result.stdout  # the plan is printed at start
     losses = _losses(tmp_path / "quant")
     assert losses[8] < losses[1]

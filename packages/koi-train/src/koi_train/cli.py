@@ -53,7 +53,7 @@ def _save_resolved(cfg: RunConfig, run_dir: Path) -> None:
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, dist) -> int:
     from .checkpoint import latest_checkpoint
-    from .distributed import shutdown
+    from .distributed import barrier, shutdown
     from .trainer import Trainer, TrainingAborted
 
     try:
@@ -63,6 +63,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, dist) -> int:
         elif resume:  # Ctrl-C came before the first checkpoint: starting over is the exact continuation
             trainer.log(f"no checkpoint in {trainer.checkpoint_dir} yet: training from step 0")
         trainer.fit()
+        # Every rank done before any tears the process group down: rank 0 still writes the plot and
+        # the summary after the last collective, and a gloo rank destroyed under a peer can abort.
+        barrier(dist)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except TrainingAborted as exc:
