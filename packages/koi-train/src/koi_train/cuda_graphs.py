@@ -25,28 +25,31 @@ from .config import ConfigError, RunConfig
 MODE = "reduce-overhead"
 
 
+def _conflict(cfg: RunConfig) -> str | None:
+    """What in this config CUDA graphs would break, or None."""
+    if cfg.train.optimizer_in_backward:
+        return "cannot step the optimizer inside backward; expected default with train.optimizer_in_backward"
+    if cfg.distributed.strategy in ("ddp", "fsdp"):
+        return f"runs on one GPU; expected default with distributed.strategy {cfg.distributed.strategy}"
+    if cfg.mixture.experts > 1:
+        return "cannot follow the mixture's expert switches; expected default with mixture.experts > 1"
+    return None
+
+
 def wants_cuda_graphs(cfg: RunConfig, device: torch.device, compiled: bool) -> bool:
     """True when the run replays captured graphs. Combinations that graphs would break are refused on
     every device, so a config that trains on a laptop does not fail on the card."""
     if cfg.train.compile_mode != MODE or cfg.train.compile is False:
         return False
-    if cfg.train.optimizer_in_backward:
-        raise ConfigError("", "train.compile_mode", "reduce-overhead (CUDA graphs) cannot step the optimizer inside "
-                          "backward; expected default with train.optimizer_in_backward")
-    if cfg.distributed.strategy in ("ddp", "fsdp"):
-        raise ConfigError("", "train.compile_mode", f"reduce-overhead (CUDA graphs) runs on one GPU; expected default "
-                          f"with distributed.strategy {cfg.distributed.strategy}")
-    if cfg.mixture.experts > 1:
-        raise ConfigError("", "train.compile_mode", "reduce-overhead (CUDA graphs) cannot follow the mixture's expert "
-                          "switches; expected default with mixture.experts > 1")
+    if problem := _conflict(cfg):
+        raise ConfigError("", "train.compile_mode", f"reduce-overhead (CUDA graphs) {problem}")
     return compiled and device.type == "cuda"
 
 
 def graphs_hint(cfg: RunConfig, device: torch.device, compiled: bool) -> str | None:
     """A line for runs that would likely gain from graphs but did not ask: micro-batches on one GPU."""
-    t = cfg.train
-    if (not compiled or device.type != "cuda" or t.compile_mode != "default" or t.grad_accum <= 1
-            or t.optimizer_in_backward or cfg.distributed.strategy in ("ddp", "fsdp") or cfg.mixture.experts > 1):
+    if (not compiled or device.type != "cuda" or cfg.train.compile_mode != "default" or cfg.train.grad_accum <= 1
+            or _conflict(cfg) is not None):
         return None
     return ("compile: train.grad_accum > 1 launches every micro-batch's kernels from the host; "
             "train.compile_mode reduce-overhead replays them as CUDA graphs (4 x 8 micro-batches at 124M: 1.3-1.5x on an H100)")
