@@ -64,8 +64,7 @@ def test_sigint_at_random_moments_then_resume_equals_uninterrupted(prepared, tmp
     # start-up is the third SIGINT's moment.
     step = rng.randint(2, STEPS - 10)
     _wait_for(log, f"step {step:>6}/{STEPS}", proc)
-    moments = [f"0.00s after step {step}'s line"]
-    time.sleep(float(moments[-1].split("s")[0]))
+    moments = [f"at step {step}'s line"]
     for attempt in range(4):
         if attempt:
             offset = log.stat().st_size
