@@ -101,7 +101,7 @@ def test_block_compiled_model_steps_each_block_before_the_next_backward():
     apply_remat(model, "full")
     assert compile_blocks(model, backend="aot_eager") == 3
     events: list[str] = []
-    optimizer = BackwardOptimizer(model, lambda p: torch.optim.SGD([p], lr=0.1))
+    optimizer = BackwardOptimizer(model, lambda group, seed: torch.optim.SGD(group, lr=0.1))
     block_params = {id(p): i for i, block in enumerate(model.blocks) for p in block.parameters()}
     for p in optimizer.params:
         if id(p) in block_params:
@@ -154,3 +154,74 @@ def test_block_compiled_model_samples_eagerly_and_trains_on_one_graph(arch):
         torch.testing.assert_close(a, b)
     assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # train, and no_grad
     assert not counters["recompiles"] or sum(counters["recompiles"].values()) <= 1
+
+
+def _tiny_gpt2(layers: int = 3):
+    from koi_train.config import ModelConfig
+    from koi_train.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(arch="gpt2", preset="gpt2-tiny", n_layer=layers))
+
+
+def test_each_block_is_one_optimizer_with_its_own_rounding_seed(prepared, tmp_path):
+    from koi_train.optim_in_backward import stepping_groups
+
+    model = _tiny_gpt2()
+    groups = stepping_groups(model)
+    assert [len(g) for g in groups[:3]] == [len(list(b.parameters())) for b in model.blocks]
+    assert all(len(g) == 1 for g in groups[3:])
+    assert sorted(id(p) for g in groups for p in g) == sorted(id(p) for p in model.parameters())
+    raw = tiny_config(prepared, tmp_path, train={"optimizer_in_backward": True, "grad_clip": 0},
+                      optimizer={"weights": "bf16", "name": "adamw8bit"})
+    optimizers = Trainer(load_dict(raw), tmp_path / "run", log=lambda *_: None).parts.optimizer.optimizers
+    # one seed each: per-parameter optimizers all used seed 0, so same-shaped weights drew the same noise
+    assert len({opt.seed for opt in optimizers}) == len(optimizers)
+
+
+def test_a_block_with_an_unused_parameter_still_steps():
+    """Backward never completes such a block; the step's norm read finishes it, so the rest still learn."""
+    from koi_train.optim_in_backward import BackwardOptimizer
+
+    class TwoBlocks(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
+            self.unused = torch.nn.Linear(4, 4)
+            self.blocks[1].unused = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.blocks[1](self.blocks[0](x))
+
+    model = TwoBlocks()
+    optimizer = BackwardOptimizer(model, lambda group, seed: torch.optim.SGD(group, lr=0.1))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model(torch.randn(3, 4)).square().sum().backward()
+    assert torch.equal(before["blocks.1.weight"], model.blocks[1].weight)  # waiting on blocks.1.unused
+    assert not torch.equal(before["blocks.0.weight"], model.blocks[0].weight)  # its block was complete
+    norm = optimizer.take_grad_norm()
+    assert not torch.equal(before["blocks.1.weight"], model.blocks[1].weight) and norm > 0
+    assert torch.equal(before["unused.weight"], model.unused.weight)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_old_per_parameter_optimizer_states_resume_into_block_groups():
+    """koi-train 0.1 kept one optimizer per parameter, in the model's order; a checkpoint of it still resumes."""
+    from koi_kernels import AdamW8bit
+    from koi_train.optim_in_backward import BackwardOptimizer
+
+    model = _tiny_gpt2(layers=2)
+    params = list(model.parameters())
+    old = [AdamW8bit([p], lr=1e-3) for p in params]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    for opt in old:
+        opt.step()
+    for p in params:
+        p.grad = None
+    optimizer = BackwardOptimizer(model, lambda group, seed: AdamW8bit(group, lr=1e-3, seed=seed))
+    optimizer.load_state_dict([opt.state_dict() for opt in old])
+    for opt, p in zip(old, params):
+        mine = next(o for o in optimizer.optimizers if any(q is p for g in o.param_groups for q in g["params"]))
+        for key, value in opt.state[p].items():
+            assert torch.equal(mine.state[p][key], value), key

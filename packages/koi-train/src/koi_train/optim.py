@@ -164,15 +164,17 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, device: t
         if cfg.name not in ("adamw", "adamw8bit"):
             raise ValueError(f"optimizer.name: train.optimizer_in_backward supports adamw and adamw8bit, got {cfg.name!r}")
         if cfg.weights == "bf16" and cfg.name == "adamw":
-            kind, extra = FusedAdamW, {}
+            kind = FusedAdamW
         else:
             kind = AdamW8bit if cfg.name == "adamw8bit" else torch.optim.AdamW
-            extra = {"fused": fused} if kind is torch.optim.AdamW else {}
-        def lr_of(p: nn.Parameter) -> float:
-            return cfg.embedding_lr if cfg.embedding_lr is not None and id(p) in embeddings else lr
 
-        return BackwardOptimizer(model, lambda p: kind([p], lr=lr_of(p), betas=cfg.betas, eps=cfg.eps,
-                                                       weight_decay=cfg.weight_decay, **extra))
+        def make(group: list[nn.Parameter], seed: int) -> torch.optim.Optimizer:
+            # a seed per stepping group: with stochastic rounding, groups must not draw the same noise
+            options = {"fused": fused} if kind is torch.optim.AdamW else {"seed": seed}
+            return kind(with_embedding_lr(group, embeddings, cfg.embedding_lr), lr=lr, betas=cfg.betas, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay, **options)
+
+        return BackwardOptimizer(model, make)
     groups = with_embedding_lr(params, embeddings, cfg.embedding_lr)
     if cfg.weights == "bf16" and cfg.name == "adamw":
         return OptimizerSet([FusedAdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)])
