@@ -15,6 +15,17 @@ optimizer.weights is bf16); everything else is in the autocast dtype. Checked on
 torch.cuda.max_memory_allocated: GPT-2 124M (no remat, fp32 weights), 1558M (full remat) and
 1558M with bf16 weights, 8-bit states stepped in backward all land within 8% (BENCHMARKS.md).
 
+Without remat a compiled GPT-2 keeps 1.6 units per layer more than those named tensors: on an
+H100 and an H200, GPT-2 124M at batch 32 (fp32 or bf16 weights, AdamW or 8-bit AdamW) and at
+4 x 8 peaked 5-8% above the count, as 1.6 units would make it (measured, not derived).
+
+When the peak falls: with one micro-batch, gradients appear as the kept activations are freed, so
+they are never all there together. The peak is the larger of backward's start (every kept
+activation and the output head's gradient) and its end (every gradient and the first block's
+recompute). Summing both over-estimated 1558M with full remat by 8-14% (9.59 GiB measured against
+10.89 with bf16 gradients, 24.68 against 26.57 with fp32); the larger of the two lands within 2%.
+With accumulation the previous micro-batches' gradients are there from the start.
+
 Compiled fp8 matmuls with row-fused scaling keep less: the quantization is traced with the
 norm and the activation before each matmul, so the bf16 inputs of the q/k/v and up projections
 (the norms' outputs) and of the down projection (the activation's output) are not kept. On an
@@ -32,7 +43,7 @@ from torch import nn
 from .models.llama import LlamaSpec
 
 # (residual-stream units, compute units) per layer: kept for backward, and one block's recompute
-KEPT_PER_LAYER = {"none": (2, 14), "ffn": (2, 5), "selective": (2, 0), "full": (1, 0)}
+KEPT_PER_LAYER = {"none": (2, 14 + 1.6), "ffn": (2, 5), "selective": (2, 0), "full": (1, 0)}  # + 1.6: docstring
 RECOMPUTED_PEAK = {"none": (0, 0), "ffn": (1, 10), "selective": (2, 14), "full": (2, 14)}
 # which halves of the block (attention, MLP) those compute units cover: where a block's own shape shifts them
 KEPT_HALVES = {"none": (1, 1), "ffn": (1, 0), "selective": (0, 0), "full": (0, 0)}
@@ -98,36 +109,46 @@ LOSS_CHUNK_LOGITS = 128 * 2**20  # the fused linear-CE's largest chunk of logits
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes of each part of a step's peak device memory (what torch.cuda.max_memory_allocated counts)."""
+    """Bytes of each part of a step's peak device memory (what torch.cuda.max_memory_allocated counts).
+
+    ``not_together``: bytes of gradients and activations that are never held at the same moment
+    (module docstring), taken off the sum of the parts.
+    """
 
     weights: int
     gradients: int
     optimizer: int
     activations: int
     loss: int
+    not_together: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.loss
+        return self.weights + self.gradients + self.optimizer + self.activations + self.loss - self.not_together
 
     def line(self) -> str:
-        parts = ", ".join(f"{name} {size / 2**30:.2f}" for name, size in vars(self).items())
-        return f"memory: about {self.total / 2**30:.2f} GiB peak (estimate, GiB: {parts})"
+        parts = ", ".join(f"{name} {size / 2**30:.2f}" for name, size in vars(self).items() if name != "not_together")
+        apart = f"; gradients and activations not all at once: -{self.not_together / 2**30:.2f}" if self.not_together else ""
+        return f"memory: about {self.total / 2**30:.2f} GiB peak (estimate, GiB: {parts}{apart})"
 
 
 def estimate_run_memory(model: nn.Module, *, optimizer: str, muon_matrices: int = 0, in_backward: bool, remat: str,
                         batch: int, seq: int, compute_bytes: int, residual_bytes: int,
-                        block: BlockUnits | None = None) -> MemoryEstimate:
+                        block: BlockUnits | None = None, grad_accum: int = 1) -> MemoryEstimate:
     """A step's peak, from the parts that scale: weights, gradients, optimizer state, kept activations, loss.
 
-    Gradients live in the parameters' dtype; stepped in backward, only one block's exist at once.
-    Muon keeps one fp32 momentum for its matrices and AdamW state for the rest. The fused loss
-    keeps dhidden and an fp32 dW from its forward, plus one chunk of logits while it runs.
+    Gradients live in the parameters' dtype; stepped in backward, only one block's exist at once
+    (and the output head's, complete from the start of backward). Muon keeps one fp32 momentum for its
+    matrices and AdamW state for the rest. The fused loss keeps dhidden and an fp32 dW from its
+    forward, plus one chunk of logits while it runs.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     weight_bytes = sum(p.numel() * p.element_size() for p in params)
+    head = model.output_head.weight
+    head_bytes = head.numel() * head.element_size() if head.requires_grad else 0
     if in_backward:
         gradient_bytes = max(sum(p.numel() * p.element_size() for p in block.parameters()) for block in model.blocks)
+        gradient_bytes += head_bytes
     else:
         gradient_bytes = weight_bytes
     count = sum(p.numel() for p in params)
@@ -136,10 +157,15 @@ def estimate_run_memory(model: nn.Module, *, optimizer: str, muon_matrices: int 
     else:
         state_bytes = count * OPTIMIZER_STATE_BYTES.get(optimizer, OPTIMIZER_STATE_BYTES["adamw"])
     spec = model.spec
-    activations = activation_bytes(remat, batch=batch, seq=seq, width=spec.n_embd, layers=spec.n_layer,
-                                   bytes_per_value=compute_bytes, residual_bytes=residual_bytes,
-                                   block=block if block is not None else BlockUnits.of(spec))
+    units = block if block is not None else BlockUnits.of(spec)
+    sizes = dict(batch=batch, seq=seq, width=spec.n_embd, bytes_per_value=compute_bytes, residual_bytes=residual_bytes, block=units)
+    activations = activation_bytes(remat, layers=spec.n_layer, **sizes)
+    not_together = 0
+    if grad_accum == 1:  # backward's start (activations, the head's gradient) or its end (gradients, one recompute)
+        recompute = activation_bytes(remat, layers=0, **sizes)
+        start = activations + (gradient_bytes if in_backward else head_bytes)  # stepped in backward: all it holds
+        not_together = activations + gradient_bytes - max(start, gradient_bytes + recompute)
     rows = batch * seq
     chunk = min(rows * spec.vocab_size, max(spec.vocab_size, LOSS_CHUNK_LOGITS // spec.vocab_size * spec.vocab_size))
     loss = rows * spec.n_embd * compute_bytes + spec.vocab_size * spec.n_embd * 4 + chunk * compute_bytes
-    return MemoryEstimate(weight_bytes, gradient_bytes, int(state_bytes), activations, loss)
+    return MemoryEstimate(weight_bytes, gradient_bytes, int(state_bytes), activations, loss, not_together)

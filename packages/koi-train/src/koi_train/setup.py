@@ -162,7 +162,7 @@ def build_run(cfg: RunConfig, run_dir: Path, *, dist: DistInfo = DistInfo(), log
         memory = estimate_run_memory(model, optimizer=cfg.optimizer.name, muon_matrices=matrices,
                                      in_backward=cfg.train.optimizer_in_backward, remat=cfg.remat.mode,
                                      batch=cfg.train.batch_size, seq=block_size, compute_bytes=compute_bytes,
-                                     residual_bytes=residual_bytes, block=block_units)
+                                     residual_bytes=residual_bytes, block=block_units, grad_accum=cfg.train.grad_accum)
         report.append(memory.line())
     params = count_parameters(model)
     mixture = None
