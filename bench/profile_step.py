@@ -51,14 +51,16 @@ def summarize(name: str, prof, steps: int, seconds: float, top: int) -> dict:
 
 
 def profile_reference(case: str, warmup: int, steps: int, top: int) -> dict:
-    reference = ReferenceRun(case, remat=case.endswith("-remat"), batches=warmup + steps)  # checkpointed where its case is
-    for i in range(warmup):
-        reference.step(i)
+    shards = Path(tempfile.mkdtemp(prefix="koi-profile-")) / "shards"
+    make_shards(shards)
+    reference = ReferenceRun(case, remat=case.endswith("-remat"), shards=shards)  # checkpointed where its case is
+    for _ in range(warmup):
+        reference.step()
     torch.cuda.synchronize()
     with profile(activities=ACTIVITIES) as prof:
         start = time.perf_counter()
-        for i in range(warmup, warmup + steps):
-            reference.step(i)
+        for _ in range(steps):
+            reference.step()
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     return summarize("reference", prof, steps, seconds, top)

@@ -2,10 +2,12 @@
 
 Koi's sides are real `koi-train run` processes (the code path a user runs), configured by the
 overrides below; the reference is TARGETS.md's plain loop (bench/reference_gpt2.py: compile, bf16
-autocast, SDPA, fused AdamW, TF32). Every side runs alone in its own process on the same real
-tokens: the first ``--steps`` steps warm up (compile), the next ``--steps`` are timed. Each row
-prints as soon as it is measured, a failing side is marked and the rest go on, and the rows land
-in $OUT/train_throughput.jsonl (or bench/results/).
+autocast, SDPA, fused AdamW, TF32). Every side runs alone in its own process on the same batches:
+the reference draws Koi's random windows from the same shards with the same seed, so the mean
+loss over the timed steps compares between sides (the last batch's loss alone varies by tenths of
+a nat from one part of the corpus to another). The first ``--steps`` steps warm up (compile), the
+next ``--steps`` are timed. Each row prints as soon as it is measured, a failing side is marked and
+the rest go on, and the rows land in $OUT/train_throughput.jsonl (or bench/results/).
 
     python bench/train_throughput.py                                    # 124M: reference, koi
     python bench/train_throughput.py --side reference --side koi --side koi-fp8
@@ -28,7 +30,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from data_tokens import make_shards, real_tokens, shared_data  # noqa: E402
+from data_tokens import make_shards, shared_data  # noqa: E402
 from recipe_q import OPTIMIZERS  # noqa: E402
 
 # name: (layers, width, heads, batch, seq)
@@ -152,16 +154,19 @@ def run_koi(case: str, side: str, steps: int, work: Path) -> dict:
             raise RuntimeError(" | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-400:])
     finally:
         shutil.rmtree(run_root, ignore_errors=True)
-    row = timed[0]
+    row = timed[0]  # log_every is --steps: its loss_mean is the mean over the timed steps
     estimate = next((r["total_gib"] for r in records if r.get("kind") == "memory_estimate"), None)
-    return {"tokens_per_s": row["tokens_per_s"], "peak_gib": row.get("peak_memory_gib"), "loss": row["loss"], "estimate_gib": estimate}
+    return {"tokens_per_s": row["tokens_per_s"], "peak_gib": row.get("peak_memory_gib"), "loss": row["loss"],
+            "loss_mean": row["loss_mean"], "estimate_gib": estimate}
 
 
 class ReferenceRun:
     """TARGETS.md's plain reference, set up once: ``step(i)`` trains on the i-th batch of real tokens."""
 
-    def __init__(self, case: str, remat: bool, batches: int) -> None:
+    def __init__(self, case: str, remat: bool, shards: Path) -> None:
         from reference_gpt2 import ReferenceGPT2
+
+        from koi_train.data import RandomWindows, open_shards
 
         layers, width, heads, self.batch, self.seq = CASES[case]
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -170,12 +175,12 @@ class ReferenceRun:
         self.model = ReferenceGPT2(layers, width, heads, block=self.seq, remat=remat).cuda()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
         self.compiled = torch.compile(self.model)
-        self.tokens = real_tokens(batches * self.batch * self.seq + self.seq + 1)
+        # the windows a `koi-train run` of seed 1337 trains on (koi_config), batch for batch
+        train = open_shards([str(shards / "*_train_*.bin")], field="data.train", min_tokens=self.seq + 1)
+        self.batches = RandomWindows(train, block_size=self.seq, batch_size=self.batch, seed=1337, pin_memory=True)
 
-    def step(self, i: int) -> torch.Tensor:
-        rows = self.batch * self.seq
-        chunk = self.tokens[i * rows : (i + 1) * rows + 1]
-        x, y = chunk[:-1].view(self.batch, self.seq).cuda(), chunk[1:].view(self.batch, self.seq).cuda()
+    def step(self) -> torch.Tensor:
+        x, y = (t.cuda(non_blocking=True) for t in self.batches.next_batch())
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = self.compiled(x, y)
         loss.backward()
@@ -185,24 +190,30 @@ class ReferenceRun:
         return loss
 
 
-def run_reference(case: str, remat: bool, steps: int) -> dict:
-    reference = ReferenceRun(case, remat, 2 * steps)
+def run_reference(case: str, remat: bool, steps: int, work: Path) -> dict:
+    shards = work / "shards"
+    if not shards.exists():
+        make_shards(shards)
+    reference = ReferenceRun(case, remat, shards)
     torch.cuda.reset_peak_memory_stats()
+    timed_sum = torch.zeros((), device="cuda")
     for i in range(2 * steps):
         if i == steps:
             torch.cuda.synchronize()
             start = time.perf_counter()
-        loss = reference.step(i)
+        loss = reference.step()
+        if i >= steps:
+            timed_sum += loss.detach().float()  # on the device: no host read inside the timed steps
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {"tokens_per_s": steps * reference.batch * reference.seq / seconds,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss.item()}
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss.item(), "loss_mean": timed_sum.item() / steps}
 
 
 def worker(case: str, side: str, steps: int, work: Path) -> None:
     try:
         if side in REFERENCE_SIDES:
-            row = run_reference(case, REFERENCE_SIDES[side], steps)
+            row = run_reference(case, REFERENCE_SIDES[side], steps, work)
         else:
             row = run_koi(case, side, steps, work)
     except Exception as exc:  # reported as a failed row; the parent goes on with the next side
@@ -227,6 +238,7 @@ def main() -> None:
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, data {shared_data()}, "
           f"{args.steps} warm-up + {args.steps} timed steps per side", flush=True)
     print(f"{'case':<13}{'side':<22}{'tok/s':>11}{'MFU':>7}{'peak GiB':>10}{'estimate':>10}{'loss':>8}{'vs ref':>8}", flush=True)
+    print("(loss: the mean over the timed steps, the same batches on every side)", flush=True)
     for case in args.case or ["124M"]:
         layers, width, _, _, seq = CASES[case]
         params = 12 * layers * width * width + 50304 * width + seq * width
@@ -249,7 +261,7 @@ def main() -> None:
             mfu = f"{row['tokens_per_s'] * flops / peak:.2f}" if peak else "-"
             ratio = f"{row['tokens_per_s'] / reference:.2f}x" if reference else "-"
             estimate = f"{row['estimate_gib']:.2f}" if row.get("estimate_gib") else "-"
-            print(f"{case:<13}{side:<22}{row['tokens_per_s']:>11,.0f}{mfu:>7}{row['peak_gib']:>10.2f}{estimate:>10}{row['loss']:>8.3f}"
+            print(f"{case:<13}{side:<22}{row['tokens_per_s']:>11,.0f}{mfu:>7}{row['peak_gib']:>10.2f}{estimate:>10}{row['loss_mean']:>8.3f}"
                   f"{ratio:>8}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 

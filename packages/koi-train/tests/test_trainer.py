@@ -275,3 +275,22 @@ def test_compile_mode_reaches_torch_compile(prepared, tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         load_dict(tiny_config(prepared, tmp_path, train={"compile_mode": "fastest"}))
     assert err.value.path == "train.compile_mode"
+
+
+def test_each_record_carries_the_mean_loss_since_the_last_one(prepared, tmp_path):
+    """One batch's loss is noisy; ``loss_mean`` averages every step since the previous record (what runs compare on)."""
+    every_step = Trainer(load_dict(tiny_config(prepared, tmp_path, name="a", train={"steps": 6, "log_every": 1})), tmp_path / "a",
+                         log=lambda *_: None)
+    every_step.fit()
+    every_third = Trainer(load_dict(tiny_config(prepared, tmp_path, name="b", train={"steps": 6, "log_every": 3})), tmp_path / "b",
+                          log=lambda *_: None)
+    every_third.fit()
+
+    def train_records(run):
+        return [r for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+    losses = [r["loss"] for r in train_records("a")]
+    assert [r["loss_mean"] for r in train_records("a")] == losses
+    means = [r["loss_mean"] for r in train_records("b")]
+    assert means == pytest.approx([sum(losses[:3]) / 3, sum(losses[3:]) / 3], rel=1e-5)
+    assert means[0] != pytest.approx(losses[2], rel=1e-6)  # not the last batch's alone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -37,6 +38,13 @@ class ProgressReporter:
         self.flops_per_token = flops_per_token(params, spec.n_layer, spec.n_embd, block_size)
         self.peak = device_peak_flops(device)
         self.last_time, self.last_step = time.perf_counter(), start_step
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def note_loss(self, loss: float) -> None:
+        """Every step's loss, for the record's mean since the last one (one batch's loss is noisy: runs
+        compare on the mean; a non-finite loss is left out, the step's own record shows it)."""
+        if math.isfinite(loss):
+            self._loss_sum, self._loss_count = self._loss_sum + loss, self._loss_count + 1
 
     def record(self, step: int, loss: float, grad_norm: float, lr: float) -> tuple[dict, str]:
         """The metrics record and the progress line for ``step``."""
@@ -47,7 +55,9 @@ class ProgressReporter:
         per_device = steps * self.tokens_per_step / elapsed
         tokens_per_s = per_device * self.world_size  # the whole job's
         eta = (self.total_steps - step) * elapsed / max(steps, 1)
-        record = {"kind": "train", "step": step, "tokens": step * self.tokens_per_step, "loss": loss, "lr": lr,
+        loss_mean = self._loss_sum / self._loss_count if self._loss_count else loss
+        self._loss_sum, self._loss_count = 0.0, 0
+        record = {"kind": "train", "step": step, "tokens": step * self.tokens_per_step, "loss": loss, "loss_mean": loss_mean, "lr": lr,
                   "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
                   "devices": self.world_size, "time": time.time()}
         mfu = ""

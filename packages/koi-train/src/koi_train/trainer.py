@@ -172,6 +172,7 @@ class Trainer:
 
     def _log_step(self, done: int, loss: float, grad_norm: float, lr: float) -> None:
         """A progress line and a metrics record every log_every steps and after the last one."""
+        self._reporter.note_loss(loss)
         if done % self.cfg.train.log_every == 0 or done == self.cfg.train.steps:
             record, line = self._reporter.record(done, loss, grad_norm, lr)
             self._metrics.write(record)
