@@ -156,8 +156,10 @@ def run_koi(case: str, side: str, steps: int, work: Path) -> dict:
         shutil.rmtree(run_root, ignore_errors=True)
     row = timed[0]  # log_every is --steps: its loss_mean is the mean over the timed steps
     estimate = next((r["total_gib"] for r in records if r.get("kind") == "memory_estimate"), None)
+    # what the instability guard did (a rollback stepped in backward loses the steps since the newest snapshot)
+    events = [f"{r['action']} at {r['step']} ({r['signal']})" for r in records if r.get("kind") == "instability"]
     return {"tokens_per_s": row["tokens_per_s"], "peak_gib": row.get("peak_memory_gib"), "loss": row["loss"],
-            "loss_mean": row["loss_mean"], "estimate_gib": estimate}
+            "loss_mean": row["loss_mean"], "estimate_gib": estimate, "instability_events": events}
 
 
 class ReferenceRun:
@@ -263,6 +265,8 @@ def main() -> None:
             estimate = f"{row['estimate_gib']:.2f}" if row.get("estimate_gib") else "-"
             print(f"{case:<13}{side:<22}{row['tokens_per_s']:>11,.0f}{mfu:>7}{row['peak_gib']:>10.2f}{estimate:>10}{row['loss_mean']:>8.3f}"
                   f"{ratio:>8}", flush=True)
+            if row.get("instability_events"):
+                print(f"{'':<13}{'':<22}instability: {'; '.join(row['instability_events'])}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
