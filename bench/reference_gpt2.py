@@ -49,6 +49,21 @@ class ReferenceGPT2(nn.Module):
             else:
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * layers) if name.endswith(("proj.weight", "out.weight")) else 0.02)
 
+    @torch.no_grad()
+    def load_koi_weights(self, koi_state: dict[str, torch.Tensor]) -> None:
+        """Start from a Koi GPT-2's weights (its Hugging Face names): the same initial model on both
+        sides, so a loss difference is the training loop's, not the draw of the initial weights."""
+        names = {"ln1": "ln_1", "qkv": "attn.c_attn", "proj": "attn.c_proj", "ln2": "ln_2", "fc": "mlp.c_fc", "out": "mlp.c_proj"}
+        self.tok.weight.copy_(koi_state["transformer.wte.weight"])
+        self.pos.weight.copy_(koi_state["transformer.wpe.weight"])
+        for i, block in enumerate(self.blocks):
+            for mine, theirs in names.items():
+                module = getattr(block, mine)
+                module.weight.copy_(koi_state[f"transformer.h.{i}.{theirs}.weight"])
+                module.bias.copy_(koi_state[f"transformer.h.{i}.{theirs}.bias"])
+        self.ln_f.weight.copy_(koi_state["transformer.ln_f.weight"])
+        self.ln_f.bias.copy_(koi_state["transformer.ln_f.bias"])
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
         for block in self.blocks:

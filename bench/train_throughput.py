@@ -2,12 +2,14 @@
 
 Koi's sides are real `koi-train run` processes (the code path a user runs), configured by the
 overrides below; the reference is TARGETS.md's plain loop (bench/reference_gpt2.py: compile, bf16
-autocast, SDPA, fused AdamW, TF32). Every side runs alone in its own process on the same batches:
-the reference draws Koi's random windows from the same shards with the same seed, so the mean
-loss over the timed steps compares between sides (the last batch's loss alone varies by tenths of
-a nat from one part of the corpus to another). The first ``--steps`` steps warm up (compile), the
-next ``--steps`` are timed. Each row prints as soon as it is measured, a failing side is marked and
-the rest go on, and the rows land in $OUT/train_throughput.jsonl (or bench/results/).
+autocast, SDPA, fused AdamW, TF32). Every side runs alone in its own process, from the same
+initial weights on the same batches: the reference starts from the weights a Koi run of seed 1337
+draws and takes Koi's random windows from the same shards with the same seed, so the mean loss
+over the timed steps compares between sides (TARGETS.md's parity: within 0.02 over 200 steps in
+bf16; the last batch's loss alone varies by tenths of a nat from one part of the corpus to
+another). The first ``--steps`` steps warm up (compile), the next ``--steps`` are timed. Each row
+prints as soon as it is measured, a failing side is marked and the rest go on, and the rows land
+in $OUT/train_throughput.jsonl (or bench/results/).
 
     python bench/train_throughput.py                                    # 124M: reference, koi
     python bench/train_throughput.py --side reference --side koi --side koi-fp8
@@ -162,6 +164,19 @@ def run_koi(case: str, side: str, steps: int, work: Path) -> dict:
             "loss_mean": row["loss_mean"], "estimate_gib": estimate, "instability_events": events}
 
 
+def koi_initial_weights(case: str) -> dict[str, torch.Tensor]:
+    """The weights a `koi-train run` of `koi_config` (seed 1337, no tokenizer) starts from: koi_train.setup
+    seeds torch, then builds the model, before anything else draws from the generator."""
+    from koi_train.config import ModelConfig
+    from koi_train.models import build_model
+
+    layers, width, heads, _, seq = CASES[case]
+    torch.manual_seed(1337)
+    model = build_model(ModelConfig(arch="gpt2", preset=None, n_layer=layers, n_embd=width, n_head=heads, block_size=seq,
+                                    vocab_size=50304))
+    return model.state_dict()
+
+
 class ReferenceRun:
     """TARGETS.md's plain reference, set up once: ``step(i)`` trains on the i-th batch of real tokens."""
 
@@ -174,7 +189,9 @@ class ReferenceRun:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(1337)
-        self.model = ReferenceGPT2(layers, width, heads, block=self.seq, remat=remat).cuda()
+        self.model = ReferenceGPT2(layers, width, heads, block=self.seq, remat=remat)
+        self.model.load_koi_weights(koi_initial_weights(case))
+        self.model.cuda()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
         self.compiled = torch.compile(self.model)
         # the windows a `koi-train run` of seed 1337 trains on (koi_config), batch for batch
