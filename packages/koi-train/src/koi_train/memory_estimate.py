@@ -13,7 +13,8 @@ above GPT-2 124M; its norms of the bf16 q and k promote to fp32 against their fp
 The LN inputs are the residual stream, which under autocast keeps the weights' dtype (fp32 unless
 optimizer.weights is bf16); everything else is in the autocast dtype. Checked on an H200 against
 torch.cuda.max_memory_allocated: GPT-2 124M (no remat, fp32 weights), 1558M (full remat) and
-1558M with bf16 weights, 8-bit states stepped in backward all land within 8% (BENCHMARKS.md).
+1558M with bf16 weights, 8-bit states stepped in backward all land within 8% (BENCHMARKS.md);
+with the two corrections below, eight peaks measured on the card are a test (within 10%).
 
 Without remat a compiled GPT-2 keeps 1.6 units per layer more than those named tensors: on an
 H100 and an H200, GPT-2 124M at batch 32 (fp32 or bf16 weights, AdamW or 8-bit AdamW) and at

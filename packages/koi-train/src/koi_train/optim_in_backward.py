@@ -7,7 +7,7 @@ accept: no global gradient clipping (the norm is only known after every update h
 and no gradient accumulation. The gradient norm is still measured, block by block.
 
 Why a block, not a parameter: one optimizer per parameter cost about 30 us of host time per
-parameter per step beyond its kernel (the optimizer's wrapper, its step counts, four norm kernels),
+parameter per step beyond its kernel (the optimizer's wrapper, its step counts, its norm kernels),
 about 580 times a step at 1558M, and each optimizer numbered its only parameter 0, so every
 parameter of a shape drew the same stochastic-rounding noise. A block's gradients are complete
 together (its backward is one piece), so stepping the block as one costs no memory: the estimate
