@@ -112,12 +112,21 @@ KOI_SIDES = {
 REFERENCE_SIDES = {"reference": False, "reference-remat": True}
 
 
+SEED = 1337  # every Koi side's run seed; the reference starts from the weights it draws
+
+
+def koi_model(case: str) -> dict:
+    """The `model` section of a Koi side's run config (the reference is built to the same shape)."""
+    layers, width, heads, _, seq = CASES[case]
+    return {"arch": "gpt2", "preset": None, "n_layer": layers, "n_embd": width, "n_head": heads, "block_size": seq,
+            "vocab_size": 50304}
+
+
 def koi_config(case: str, steps: int, shards: Path, out_dir: Path, side: str) -> dict:
-    layers, width, heads, batch, seq = CASES[case]
+    batch = CASES[case][3]
     config = {
-        "name": side, "out_dir": str(out_dir), "seed": 1337,
-        "model": {"arch": "gpt2", "preset": None, "n_layer": layers, "n_embd": width, "n_head": heads, "block_size": seq,
-                  "vocab_size": 50304},
+        "name": side, "out_dir": str(out_dir), "seed": SEED,
+        "model": koi_model(case),
         "data": {"train": [str(shards / "*_train_*.bin")], "val": [str(shards / "*_val_*.bin")]},
         # The reference's schedule (constant 6e-4 from the first step, clipping at 1.0), so the losses
         # after the same steps compare; a warm-up and a cosine over 2 x steps left Koi's 1558M behind
@@ -165,16 +174,13 @@ def run_koi(case: str, side: str, steps: int, work: Path) -> dict:
 
 
 def koi_initial_weights(case: str) -> dict[str, torch.Tensor]:
-    """The weights a `koi-train run` of `koi_config` (seed 1337, no tokenizer) starts from: koi_train.setup
-    seeds torch, then builds the model, before anything else draws from the generator."""
+    """The weights a `koi-train run` of `koi_config` (no tokenizer) starts from: koi_train.setup seeds
+    torch with the run's seed, then builds the model, before anything else draws from the generator."""
     from koi_train.config import ModelConfig
     from koi_train.models import build_model
 
-    layers, width, heads, _, seq = CASES[case]
-    torch.manual_seed(1337)
-    model = build_model(ModelConfig(arch="gpt2", preset=None, n_layer=layers, n_embd=width, n_head=heads, block_size=seq,
-                                    vocab_size=50304))
-    return model.state_dict()
+    torch.manual_seed(SEED)
+    return build_model(ModelConfig(**koi_model(case))).state_dict()
 
 
 class ReferenceRun:
@@ -188,15 +194,15 @@ class ReferenceRun:
         layers, width, heads, self.batch, self.seq = CASES[case]
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(1337)
+        torch.manual_seed(SEED)
         self.model = ReferenceGPT2(layers, width, heads, block=self.seq, remat=remat)
         self.model.load_koi_weights(koi_initial_weights(case))
         self.model.cuda()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
         self.compiled = torch.compile(self.model)
-        # the windows a `koi-train run` of seed 1337 trains on (koi_config), batch for batch
+        # the windows a Koi side trains on (koi_config), batch for batch
         train = open_shards([str(shards / "*_train_*.bin")], field="data.train", min_tokens=self.seq + 1)
-        self.batches = RandomWindows(train, block_size=self.seq, batch_size=self.batch, seed=1337, pin_memory=True)
+        self.batches = RandomWindows(train, block_size=self.seq, batch_size=self.batch, seed=SEED, pin_memory=True)
 
     def step(self) -> torch.Tensor:
         x, y = (t.cuda(non_blocking=True) for t in self.batches.next_batch())
