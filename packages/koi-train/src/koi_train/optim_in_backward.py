@@ -88,8 +88,7 @@ class BackwardOptimizer(OptimizerSet):
     def _step_group(self, index: int) -> None:
         grads = [p.grad for p in self.groups[index] if p.grad is not None]
         if grads:
-            norms = torch._foreach_norm(grads, dtype=torch.float32) if len(grads) > 1 else \
-                [torch.linalg.vector_norm(grads[0], dtype=torch.float32)]
+            norms = torch._foreach_norm(grads, dtype=torch.float32)
             self._squared_norm.add_(torch.stack(norms).square().sum())
             self.optimizers[index].step()
             for p in self.groups[index]:
