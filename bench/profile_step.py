@@ -13,6 +13,7 @@ bench/train_throughput.py's `koi` side.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -50,10 +51,14 @@ def summarize(name: str, prof, steps: int, seconds: float, top: int) -> dict:
     return row
 
 
+@functools.cache
+def real_shards() -> Path:
+    """The real-text shards every side trains on, tokenized once per process (every side reads the same)."""
+    return make_shards(Path(tempfile.mkdtemp(prefix="koi-profile-shards-")))
+
+
 def profile_reference(case: str, warmup: int, steps: int, top: int) -> dict:
-    shards = Path(tempfile.mkdtemp(prefix="koi-profile-")) / "shards"
-    make_shards(shards)
-    reference = ReferenceRun(case, remat=case.endswith("-remat"), shards=shards)  # checkpointed where its case is
+    reference = ReferenceRun(case, remat=case.endswith("-remat"), shards=real_shards())  # checkpointed where its case is
     for _ in range(warmup):
         reference.step()
     torch.cuda.synchronize()
@@ -71,9 +76,7 @@ def profile_koi(case: str, side: str, warmup: int, steps: int, top: int) -> dict
     from koi_train import Trainer, load_dict
 
     work = Path(tempfile.mkdtemp(prefix="koi-profile-"))
-    shards = work / "shards"
-    make_shards(shards)
-    raw = koi_config(case, (warmup + steps + 1) // 2 + 1, shards, work, side)
+    raw = koi_config(case, (warmup + steps + 1) // 2 + 1, real_shards(), work, side)
     raw["train"]["log_every"] = 10_000
     raw["train"]["device"] = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a check of the script itself
     trainer = Trainer(load_dict(raw), work / side, log=lambda *_: None)
