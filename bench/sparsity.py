@@ -11,7 +11,10 @@ carried on; rows also land in $OUT/sparsity.jsonl (or bench/results/):
    a ratio to the dense bf16 layer.
 2. ``gather``: the MLP computed on a kept fraction of its hidden neurons (koi-quant's
    `gathered_mlp`): one neuron set shared by a batch of tokens, and one set per token for a few
-   decoding tokens, against the dense MLP.
+   decoding tokens, against the dense MLP. For per-token sets also koi-kernels' fused
+   `gathered_mlp_per_token` (Triton, two kernels), and the whole decoding block as koi-train runs
+   it (the rank-64 predictor, top-k, the fused gather) against the dense MLP, eager and replayed
+   from a CUDA graph (where launches cost little, as in a graphed decoder).
 3. ``step``: whole `koi-train run` steps through bench/train_throughput.py: koi, koi-sparse24
    (2:4 MLPs, masked dense: the default), koi-sparse24-kernel (on the sparse kernels), koi-sparse24-int8, koi-predictor.
 
@@ -36,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from koi_quant import SparseLinear, gathered_mlp, nm_mask, update_masks_
+from koi_kernels import gathered_mlp_per_token
+from koi_quant import LowRankPredictor, SparseLinear, gathered_mlp, nm_mask, update_masks_
 from koi_quant.sparsity import semi_structured_matmul
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +51,7 @@ from kernels import timed  # noqa: E402  (reads --smoke from the command line, a
 SHAPES = {"124M": (768, 3072, 32 * 1024), "1558M": (1600, 6400, 8 * 1024)}
 SMOKE_SHAPES = {"smoke": (64, 256, 128)}
 KEEP_FRACTIONS = (0.5, 0.25, 0.1, 0.05)
+PREDICTOR_RANK = 64  # koi-train's default sparsity.activation_predictor.rank
 STEP_SIDES = ("koi", "koi-sparse24", "koi-sparse24-kernel", "koi-sparse24-int8", "koi-predictor")
 
 
@@ -165,23 +170,84 @@ def gathered(label: str, keep: float, args: tuple, index: torch.Tensor, dense_ms
     return f"{label}{keep:>8.2f}{ms:>10.4f}{dense_ms / ms:>8.2f}x", ms
 
 
+def fused(label: str, keep: float, args: tuple, down_rows: torch.Tensor, index: torch.Tensor, dense_ms: float,
+          device: torch.device, iters: int) -> tuple[str, float]:
+    x, up, up_b, _, down_b = args
+    ms = timed_ms(partial(gathered_mlp_per_token, x, [up], [up_b], down_rows, down_b, index), device, iters)
+    return f"{label}{keep:>8.2f}{ms:>10.4f}{dense_ms / ms:>8.2f}x", ms
+
+
+def graphed(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """fn captured once in a CUDA graph and replayed (each replay is one launch); fn itself off CUDA."""
+    if device.type != "cuda":
+        return fn
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm-up: Triton compiles and cuBLAS picks its kernels outside the capture
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def decode_block(x: torch.Tensor, predictor: LowRankPredictor, keep: int, up: torch.Tensor, up_b: torch.Tensor,
+                 down_rows: torch.Tensor, down_b: torch.Tensor) -> torch.Tensor:
+    """What koi-train's PredictedMLP does per decoding call: score, pick each token's top neurons, compute only those."""
+    index = predictor(x).topk(keep, dim=-1).indices
+    return gathered_mlp_per_token(x, [up], [up_b], down_rows, down_b, index)
+
+
+def decode_row(label: str, keep: float, block: Callable[[], torch.Tensor], graph: bool, dense_ms: float, device: torch.device,
+               iters: int) -> tuple[str, float]:
+    with torch.no_grad():
+        ms = timed_ms(graphed(block, device) if graph else block, device, iters)
+    return f"{label}{keep:>8.2f}{ms:>10.4f}{dense_ms / ms:>8.2f}x", ms
+
+
+def decode_rows(table: Table, label: str, record: dict, args: tuple, hidden: int, device: torch.device, iters: int) -> None:
+    x, up, up_b, down, down_b = args
+    down_rows = down.t().contiguous()
+    predictor = LowRankPredictor(x.shape[1], hidden, PREDICTOR_RANK, device=device, dtype=x.dtype)
+    for mode in ("eager", "cuda graph"):
+        row_label = f"{label}{'decode block, ' + mode:<28}"
+        dense = partial(dense_mlp, *args)
+        dense_ms = timed_ms(graphed(dense, device) if mode == "cuda graph" else dense, device, iters)
+        table.row(f"{row_label}{'dense':>8}{dense_ms:>10.4f}{1:>8.2f}x", {**record, "side": f"decode-{mode}", "keep": 1.0, "ms": dense_ms})
+        for keep in (0.25, 0.1):
+            block = partial(decode_block, x, predictor, max(1, round(keep * hidden)), up, up_b, down_rows, down_b)
+            attempt(table, row_label, {**record, "side": f"decode-{mode}", "keep": keep}, decode_row, row_label, keep, block,
+                    mode == "cuda graph", dense_ms, device, iters)
+
+
 def gather_rows(table: Table, shapes: dict, device: torch.device, iters: int) -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     for model, (width, hidden, tokens) in shapes.items():
         up, up_b = torch.randn(hidden, width, device=device, dtype=dtype), torch.zeros(hidden, device=device, dtype=dtype)
         down, down_b = torch.randn(width, hidden, device=device, dtype=dtype), torch.zeros(width, device=device, dtype=dtype)
+        down_rows = down.t().contiguous()  # what koi-train keeps for the fused kernel
         for count, per_token in ((tokens, False), (1, True), (16, True)):
             args = (torch.randn(count, width, device=device, dtype=dtype), up, up_b, down, down_b)
             dense_ms = timed_ms(partial(dense_mlp, *args), device, iters)
             mode = "per-token sets" if per_token else "one shared set"
-            label = f"{model:<7}{count:>7}  {mode:<16}"
+            label = f"{model:<7}{count:>7}  {mode:<16}{'torch gather':<28}"
             record = {"model": model, "tokens": count, "mode": mode}
             table.row(f"{label}{'dense':>8}{dense_ms:>10.4f}{1:>8.2f}x", {**record, "keep": 1.0, "ms": dense_ms})
+            indices = {}
             for keep in KEEP_FRACTIONS:
                 k = max(1, round(keep * hidden))
-                index = (torch.rand(count, hidden, device=device).topk(k, -1).indices if per_token
-                         else torch.randperm(hidden, device=device)[:k])
-                attempt(table, label, {**record, "keep": keep}, gathered, label, keep, args, index, dense_ms, device, iters)
+                indices[keep] = (torch.rand(count, hidden, device=device).topk(k, -1).indices if per_token
+                                 else torch.randperm(hidden, device=device)[:k])
+                attempt(table, label, {**record, "keep": keep}, gathered, label, keep, args, indices[keep], dense_ms, device, iters)
+            if not per_token:
+                continue
+            label = f"{model:<7}{count:>7}  {mode:<16}{'fused (koi-kernels)':<28}"
+            for keep in KEEP_FRACTIONS:
+                attempt(table, label, {**record, "side": "fused", "keep": keep}, fused, label, keep, args, down_rows, indices[keep],
+                        dense_ms, device, iters)
+            decode_rows(table, f"{model:<7}{count:>7}  {mode:<16}", record, args, hidden, device, iters)
 
 
 def step_rows(steps: int) -> None:
@@ -210,7 +276,7 @@ def main() -> None:
         table = Table(out, "matmul", f"{'model':<7}{'layer':<8}{'tokens':>7}  {'side':<34}{'ms':>9}{'TFLOP/s':>9}{'vs dense':>9}")
         matmul_rows(table, shapes, device, args.iters)
     if "gather" in args.only:
-        table = Table(out, "gather", f"{'model':<7}{'tokens':>7}  {'neurons':<16}{'kept':>8}{'ms':>10}{'vs dense':>9}")
+        table = Table(out, "gather", f"{'model':<7}{'tokens':>7}  {'neurons':<16}{'path':<28}{'kept':>8}{'ms':>10}{'vs dense':>9}")
         gather_rows(table, shapes, device, args.iters)
     if "step" in args.only:
         if device.type != "cuda":

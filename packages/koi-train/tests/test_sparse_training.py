@@ -15,6 +15,7 @@ from koi_quant import SparseLinear
 from koi_train import ConfigError, Trainer, load_dict
 from koi_train.checkpoint import load_checkpoint
 from koi_train.models.gpt2 import MLP, GPT2Spec
+from koi_train.models.llama import LlamaSpec, SwiGLU
 from koi_train.sparsity import PredictedMLP, add_predictors, remove_predictors
 
 
@@ -62,6 +63,31 @@ def test_gathered_per_token_path_equals_the_masked_dense_path():
     masked = block.c_proj(torch.nn.functional.gelu(block.c_fc(x), approximate="tanh") * keep)
     torch.testing.assert_close(gathered, masked, rtol=1e-5, atol=1e-6)
     assert type(remove_predictors(holder) and holder.mlp) is MLP and holder.mlp.c_fc is block.c_fc
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_decoding_computes_each_tokens_predicted_neurons_and_follows_weight_changes(kernels, kind, monkeypatch):
+    """Without gradients (decoding) the per-token path runs koi-kernels' gathered MLP, on cached down rows."""
+    if kernels == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton kernel on a CPU needs TRITON_INTERPRET=1 (nox sets it)")
+    monkeypatch.setenv("KOI_KERNELS", kernels)
+    holder = nn.Module()
+    torch.manual_seed(2)
+    holder.mlp = _planted_mlp() if kind == "gpt2" else SwiGLU(LlamaSpec(n_layer=1, n_head=1, n_kv_head=1, n_embd=16,
+                                                                         block_size=8, vocab_size=8, mlp_hidden=64))
+    add_predictors(holder, keep_fraction=0.25, rank=8)
+    block = holder.mlp.eval()
+    block.use_predictor = True
+    ups = [getattr(block, name) for name in block.up_names]
+    down = getattr(block, block.down_name)
+    x = torch.randn(1, 3, 16)
+    with torch.no_grad():
+        for _ in range(2):
+            keep = torch.zeros(1, 3, 64, dtype=torch.bool).scatter_(-1, block.predictor(x).topk(block.keep, -1).indices, True)
+            want = down(block.hidden(*(u(x) for u in ups)) * keep)
+            torch.testing.assert_close(block(x), want, rtol=1e-4, atol=1e-5)
+            down.weight.mul_(-2.0)  # as an optimizer step changes it in place: the cached rows must follow
 
 
 def test_compiled_predicted_mlp_has_the_eager_gradients():

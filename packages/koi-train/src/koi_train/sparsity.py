@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from koi_quant import LowRankPredictor, MaskSchedule, gathered_mlp, predictor_loss, sparsify_, top_mask, train_alongside
+from koi_kernels import gathered_mlp_per_token
+from koi_quant import LowRankPredictor, MaskSchedule, predictor_loss, sparsify_, top_mask, train_alongside
 
 from .config import ConfigError, PrecisionConfig, SparsityConfig
 from .models.gpt2 import MLP
@@ -45,6 +46,7 @@ class PredictedMLP(nn.Module):
         self.predictor = LowRankPredictor(up.in_features, self.hidden_size, rank, device=up.weight.device)
         self.use_predictor = False
         self.recalls: list[float] | None = None  # filled during a measured sparse evaluation
+        self._down_rows: tuple[tuple, torch.Tensor] | None = None  # (version of the down layer's tensors, its rows)
 
     def hidden(self, *ups: torch.Tensor) -> torch.Tensor:
         if self.original is MLP:
@@ -71,9 +73,23 @@ class PredictedMLP(nn.Module):
         if flat.shape[0] <= GATHER_MAX_TOKENS:
             index = scores.reshape(flat.shape[0], -1).topk(self.keep, dim=-1).indices  # (N, keep)
             ups = [getattr(self, name) for name in self.up_names]
-            out = gathered_mlp(flat, [_weight(u) for u in ups], [u.bias for u in ups], _weight(down), down.bias, index, self.hidden)
+            activation = "gelu_tanh" if self.original is MLP else "swiglu"
+            out = gathered_mlp_per_token(flat, [_weight(u) for u in ups], [u.bias for u in ups], self.down_rows(), down.bias,
+                                         index, activation)
             return out.reshape(x.shape)
         return down(self.dense_hidden(x) * top_mask(scores, self.keep))
+
+    def down_rows(self) -> torch.Tensor:
+        """The down projection's weight transposed to (hidden, width), one row per neuron, kept until the layer changes.
+
+        Decoding gathers a few rows of it per token; transposing per call would copy the whole
+        matrix to read a quarter of it.
+        """
+        down = getattr(self, self.down_name)
+        version = tuple((t.data_ptr(), t._version) for t in (*down.parameters(), *down.buffers()))
+        if self._down_rows is None or self._down_rows[0] != version:
+            self._down_rows = (version, _weight(down).detach().t().contiguous())
+        return self._down_rows[1]
 
     def to_plain(self) -> nn.Module:
         """The model's own MLP class again, holding the same layers (the predictor dropped)."""
