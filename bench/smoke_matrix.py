@@ -5,7 +5,9 @@ compile on and off, each optimizer, bf16 weights, the optimizer in backward, eac
 graphs with gradient accumulation, and DDP / FSDP over 2 GPUs. Each row is its own `koi-train run` process (a crash marks that row
 failed and the rest go on); rows run several at a time, spread over the visible GPUs, so tok/s
 here is a sanity figure, not a benchmark (bench/train_throughput.py times speed alone). A row is
-printed as soon as it ends; compiled and eager twins of one config must end within 0.02 in loss.
+printed as soon as it ends; compiled and eager twins of one config must end within 0.02 in loss
+(the last step's; the note also gives the gap of the mean over the last 10 steps, which one
+batch's luck moves less).
 
     python bench/smoke_matrix.py                      # all rows, GPUs from torch.cuda.device_count()
     python bench/smoke_matrix.py --only int4 --steps 20
@@ -114,24 +116,30 @@ def result(name: str, cfg: dict, code: int, log: Path, work: Path) -> dict:
         return {"name": name, "ok": False, "error": " | ".join(tail)[-300:]}
     last = train[-1]
     finite = all(abs(r["loss"]) < float("inf") and r["loss"] == r["loss"] for r in train)
-    return {"name": name, "ok": finite, "loss": last["loss"], "tokens_per_s": last.get("tokens_per_s"),
+    return {"name": name, "ok": finite, "loss": last["loss"], "loss_mean": last.get("loss_mean"), "tokens_per_s": last.get("tokens_per_s"),
             "peak_gib": last.get("peak_memory_gib"), "error": "" if finite else "non-finite loss"}
 
 
 def twin_note(name: str, done: dict[str, dict]) -> str:
     """How far this row's loss is from its compiled/eager twin's, and from a repeat of the same config."""
-    def gap(a: str, b: str) -> float | None:
+    def gap(a: str, b: str, key: str = "loss") -> float | None:
         ra, rb = done.get(a), done.get(b)
-        return abs(ra["loss"] - rb["loss"]) if ra and rb and ra.get("ok") and rb.get("ok") else None
+        if not (ra and rb and ra.get("ok") and rb.get("ok")) or ra.get(key) is None or rb.get(key) is None:
+            return None
+        return abs(ra[key] - rb[key])
+
+    def mean_gap(a: str, b: str) -> str:
+        g = gap(a, b, "loss_mean")
+        return "" if g is None else f", last 10 steps' mean {g:.4f}"
 
     base = name.removesuffix(REPEAT)
     notes = []
     if name == base:
         twin = name.replace("/compiled", "/eager") if name.endswith("/compiled") else name.replace("/eager", "/compiled")
         if twin != name and (g := gap(name, twin)) is not None:
-            notes.append(f"compiled vs eager {g:.4f} {'OK' if g <= 0.02 else 'DIFFERENT'}")
+            notes.append(f"compiled vs eager {g:.4f} {'OK' if g <= 0.02 else 'DIFFERENT'}{mean_gap(name, twin)}")
     if (g := gap(base, base + REPEAT)) is not None:
-        notes.append(f"same config twice {g:.4f} apart (run-to-run spread)")
+        notes.append(f"same config twice {g:.4f} apart{mean_gap(base, base + REPEAT)} (run-to-run spread)")
     return "; ".join(notes)
 
 
