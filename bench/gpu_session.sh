@@ -94,7 +94,9 @@ stage_profile_lowmem() {  # issue 21: where the 1558M low-memory step loses its 
 }
 
 stage_sparsity() {  # issue 27: 2:4 matmuls, gathered MLPs, whole steps with sparse sides (about 6 minutes)
-  timeout "${KOI_SPARSITY_TIMEOUT:-580}" python3 bench/sparsity.py 2>&1 | tee "$logs/sparsity.log"
+  # KOI_SPARSITY_ONLY="gather" for the gathered-MLP and decode-block table alone (about a minute)
+  timeout "${KOI_SPARSITY_TIMEOUT:-580}" python3 bench/sparsity.py ${KOI_SPARSITY_ONLY:+--only $KOI_SPARSITY_ONLY} 2>&1 \
+    | tee -a "$logs/sparsity.log"
 }
 
 for stage in "$@"; do
