@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from koi_kernels import Fp8Linear, fp8_linear
+from koi_kernels import Fp8Linear, SparseFp8Linear, fp8_linear
+from koi_quant import sparse_layers, sparsify_, update_masks_
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -149,3 +150,35 @@ def test_compiled_layer_has_the_eager_gradients(scaling, device, monkeypatch):
     compiled = run(torch.compile(layer, fullgraph=True, backend="inductor" if device.type == "cuda" else "aot_eager"))
     for got, want in zip(compiled, eager):
         assert rel_error(got, want) < 1e-3
+
+
+@pytest.mark.parametrize("scaling", ["row", "row-fused", "tile"])
+def test_sparse_fp8_layer_multiplies_the_masked_weight_and_trains_the_pruned_ones(scaling, device):
+    """sparsify_ with the fp8 builder: forward is fp8_linear of weight * mask; every weight gets fp8_linear's gradient."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(Fp8Linear.from_linear(torch.nn.Linear(256, 128).to(device), scaling))
+    weight = model[0].weight
+    sparsify_(model, {"0": "2:4"}, builders={Fp8Linear: SparseFp8Linear.from_fp8_linear})
+    layer = model[0]
+    assert isinstance(layer, SparseFp8Linear) and layer.weight is weight and layer.scaling == scaling
+    assert sparse_layers(model) == [("0", layer)] and update_masks_(model) == 1
+    assert layer.active and layer.mask.reshape(128, 64, 4).sum(-1).eq(2).all()  # a real 2:4 mask
+    x = torch.randn(64, 256, device=device, dtype=torch.bfloat16)
+    dy = torch.randn(64, 128, device=device, dtype=torch.bfloat16)
+    y = layer(x)
+    (dw,) = torch.autograd.grad(y, [weight], dy)
+    masked = (weight.detach() * layer.mask).requires_grad_()
+    y_ref = fp8_linear(x, masked, layer.bias, scaling=scaling)
+    (dw_ref,) = torch.autograd.grad(y_ref, [masked], dy)
+    assert torch.equal(y, y_ref)
+    torch.testing.assert_close(dw, dw_ref)
+    assert dw[~layer.mask].abs().sum() > 0  # pruned weights still learn (straight through)
+    assert "mask" in layer.state_dict()
+
+
+def test_sparse_fp8_layer_refuses_the_semi_structured_kernel():
+    model = torch.nn.Sequential(Fp8Linear.from_linear(torch.nn.Linear(64, 32)))
+    with pytest.raises(ValueError, match="masked dense fp8 matmuls; expected kernel 'auto' or 'masked'"):
+        sparsify_(model, {"0": "2:4"}, kernel="semi_structured", builders={Fp8Linear: SparseFp8Linear.from_fp8_linear})
+    with pytest.raises(ValueError, match="cannot sparsify a Fp8Linear; expected one of nn.Linear, QuantLinear"):
+        sparsify_(model, {"0": "2:4"})

@@ -10,14 +10,18 @@ from torch import nn
 
 from koi_quant import (
     MaskSchedule,
+    NMSparse,
     QuantLinear,
     SparseLinear,
     SparseQuantLinear,
     dequantize_,
     effective_weight,
     fake_quantize,
+    init_sparsity,
+    masked_straight_through,
     nm_mask,
     quantize_,
+    sparse_layers,
     sparsify_,
     update_masks_,
 )
@@ -185,6 +189,44 @@ def test_dequantize_folds_masks_into_plain_linears():
     assert type(model.mlp.c_fc) is nn.Linear and type(model.mlp.c_proj) is nn.Linear
     assert (model.mlp.c_fc.weight.reshape(-1, 4) != 0).sum(-1).max() <= 2
     torch.testing.assert_close(model(x), before)
+
+
+class DoubledLinear(nn.Linear):
+    """A Linear of some other package (here: one that doubles its output), which koi-quant does not know."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class SparseDoubledLinear(DoubledLinear, NMSparse):
+    @classmethod
+    def build(cls, layer: DoubledLinear, n: int, m: int, kernel: str) -> SparseDoubledLinear:
+        new = cls(layer.in_features, layer.out_features)
+        new.weight, new.bias = layer.weight, layer.bias
+        init_sparsity(new, n, m, kernel)
+        return new
+
+    def forward(self, x):
+        return 2 * nn.functional.linear(x, masked_straight_through(self.weight, self.weight, self.mask), self.bias)
+
+
+def test_another_packages_linear_joins_through_a_builder():
+    torch.manual_seed(4)
+    model = TinyBlock()
+    model.mlp.c_fc = DoubledLinear(24, 40)
+    with pytest.raises(ValueError, match="mlp.c_fc: cannot sparsify a DoubledLinear; expected one of nn.Linear, QuantLinear"):
+        sparsify_(model, {"mlp.c_fc": "2:4"})
+    weight = model.mlp.c_fc.weight
+    sparsify_(model, {"mlp.*": "2:4"}, builders={DoubledLinear: SparseDoubledLinear.build})
+    layer = model.mlp.c_fc
+    assert isinstance(layer, SparseDoubledLinear) and layer.weight is weight and not layer.active
+    assert [name for name, _ in sparse_layers(model)] == ["mlp.c_fc", "mlp.c_proj"]
+    assert MaskSchedule(dense_steps=2, recompute_every=5).apply(model, 2)  # the schedule sets its mask like any other
+    assert layer.active and torch.equal(layer.mask, nm_mask(weight))
+    x = torch.randn(3, 24)
+    torch.testing.assert_close(layer(x), 2 * nn.functional.linear(x, weight * layer.mask, layer.bias))
+    with pytest.raises(ValueError, match="already sparse"):
+        sparsify_(model, {"mlp.c_fc": "2:4"}, builders={DoubledLinear: SparseDoubledLinear.build})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the semi-structured kernels need CUDA")

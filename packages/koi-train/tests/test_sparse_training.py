@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 
@@ -11,6 +12,7 @@ import torch
 from conftest import tiny_config
 from torch import nn
 
+from koi_kernels import Fp8Linear, SparseFp8Linear
 from koi_quant import SparseLinear
 from koi_train import ConfigError, Trainer, load_dict
 from koi_train.checkpoint import load_checkpoint
@@ -158,11 +160,33 @@ def test_sparse_run_trains_resumes_bitwise_and_exports(prepared, tmp_path):
         torch.testing.assert_close(exported(tokens), full.parts.model(tokens), rtol=1e-4, atol=1e-4)
 
 
+def test_2_4_on_fp8_matmuls_trains_with_masked_fp8_layers(prepared, tmp_path):
+    raw = tiny_config(prepared, tmp_path, train={"steps": 12, "log_every": 1},
+                      precision={"plan": {"transformer.h.*": "fp8"}, "fp8_matmul": True, "fp8_scaling": "row-fused"},
+                      sparsity={"plan": {"transformer.h.*.mlp.*": "2:4"}, "dense_steps": 2, "recompute_every": 5})
+    trainer = Trainer(load_dict(raw), tmp_path / "run", log=lambda *_: None)
+    trainer.fit()
+    model = trainer.parts.model
+    mlp_layer, attn_layer = model.transformer.h[0].mlp.c_fc, model.transformer.h[0].attn.c_attn
+    assert isinstance(mlp_layer, SparseFp8Linear) and mlp_layer.scaling == "row-fused" and mlp_layer.active
+    assert (mlp_layer.mask.reshape(-1, 4).sum(-1) == 2).all()
+    assert isinstance(attn_layer, Fp8Linear) and not isinstance(attn_layer, SparseFp8Linear)  # outside the sparsity plan
+    losses = _losses(tmp_path / "run")
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] - 0.5
+
+    from koi_train.export import export_checkpoint
+    from koi_train.hf_io import load_hf
+
+    export_checkpoint(str(tmp_path / "run"), str(tmp_path / "hf"), log=lambda *_: None)
+    exported = load_hf(tmp_path / "hf").transformer.h[0].mlp.c_fc.weight  # the master weights, masked
+    torch.testing.assert_close(exported, (mlp_layer.weight * mlp_layer.mask).detach())
+
+
 def test_sparsity_config_errors_name_the_key(prepared, tmp_path):
     bad = [("sparsity.plan", "matches no Linear", {"sparsity": {"plan": {"nothing.*": "2:4"}}}),
            ("sparsity.plan.*", "output head", {"sparsity": {"plan": {"*": "2:4"}}}),
-           ("sparsity.plan", "fp8_matmul", {"sparsity": {"plan": {"transformer.h.*": "2:4"}},
-                                            "precision": {"plan": {"transformer.h.*": "fp8"}, "fp8_matmul": True}})]
+           ("sparsity.kernel", "fp8_matmul", {"sparsity": {"plan": {"transformer.h.*": "2:4"}, "kernel": "semi_structured"},
+                                              "precision": {"plan": {"transformer.h.*": "fp8"}, "fp8_matmul": True}})]
     for path, problem, sections in bad:
         with pytest.raises(ConfigError) as info:
             Trainer(load_dict(tiny_config(prepared, tmp_path, **sections)), tmp_path / "bad", log=lambda *_: None)

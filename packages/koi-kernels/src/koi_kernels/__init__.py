@@ -10,7 +10,7 @@ from .dispatch import kernel_mode, use_triton
 from .ops.adamw import FusedAdamW
 from .ops.adamw8bit import AdamW8bit
 from .ops.adamw_reference import adamw_reference, stochastic_round_bf16
-from .ops.fp8_linear import Fp8Linear, fp8_linear
+from .ops.fp8_linear import Fp8Linear, SparseFp8Linear, fp8_linear
 from .ops.gathered_mlp import gathered_mlp_per_token, gathered_mlp_per_token_reference
 from .ops.linear_ce import linear_cross_entropy
 from .ops.linear_ce_reference import linear_cross_entropy_reference
@@ -26,7 +26,7 @@ try:
 except metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 __all__ = [
-    "AdamW8bit", "Fp8Linear", "FusedAdamW", "adamw_reference", "fp8_linear", "gathered_mlp_per_token",
+    "AdamW8bit", "Fp8Linear", "FusedAdamW", "SparseFp8Linear", "adamw_reference", "fp8_linear", "gathered_mlp_per_token",
     "gathered_mlp_per_token_reference", "kernel_mode", "layer_norm", "layer_norm_reference",
     "linear_cross_entropy", "linear_cross_entropy_reference", "packed_linear", "packed_linear_reference",
     "rms_norm", "rms_norm_reference", "rope", "rope_reference", "rope_tables", "stochastic_round_bf16", "use_triton",

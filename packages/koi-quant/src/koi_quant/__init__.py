@@ -16,7 +16,18 @@ from .modules import QuantLinear, dequantize_, effective_weight, quantize_, set_
 from .packing import pack_bits, pack_trits, unpack_bits, unpack_trits
 from .quantize import QuantizedTensor, fake_quantize, quantize
 from .report import memory_table
-from .sparsity import MaskSchedule, SparseLinear, SparseQuantLinear, nm_mask, sparse_layers, sparsify_, update_masks_
+from .sparsity import (
+    MaskSchedule,
+    NMSparse,
+    SparseLinear,
+    SparseQuantLinear,
+    init_sparsity,
+    masked_straight_through,
+    nm_mask,
+    sparse_layers,
+    sparsify_,
+    update_masks_,
+)
 from .ste import fake_quantize_ste, quantize_activations_int8
 
 try:
@@ -24,10 +35,10 @@ try:
 except metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 __all__ = [
-    "FLOAT_FORMATS", "FORMATS", "Granularity", "LowRankPredictor", "MaskSchedule", "NF4_LEVELS", "PER_ROW", "PER_TENSOR",
+    "FLOAT_FORMATS", "FORMATS", "Granularity", "LowRankPredictor", "MaskSchedule", "NF4_LEVELS", "NMSparse", "PER_ROW", "PER_TENSOR",
     "QuantFormat", "QuantLinear", "QuantizedTensor", "SparseLinear", "SparseQuantLinear", "dequantize_", "effective_weight",
-    "fake_quantize", "fake_quantize_ste", "format_bytes_per_param", "gathered_mlp", "get_format", "learned_scale_quantize",
-    "memory_table", "nm_mask", "pack_bits", "pack_trits", "per_group", "per_tile", "predictor_loss", "quantize", "quantize_",
-    "quantize_activations_int8", "recall", "set_quantization_strength", "sparse_layers", "sparsify_", "top_mask",
-    "train_alongside", "unpack_bits", "unpack_trits", "update_masks_",
+    "fake_quantize", "fake_quantize_ste", "format_bytes_per_param", "gathered_mlp", "get_format", "init_sparsity",
+    "learned_scale_quantize", "masked_straight_through", "memory_table", "nm_mask", "pack_bits", "pack_trits", "per_group", "per_tile",
+    "predictor_loss", "quantize", "quantize_", "quantize_activations_int8", "recall", "set_quantization_strength", "sparse_layers",
+    "sparsify_", "top_mask", "train_alongside", "unpack_bits", "unpack_trits", "update_masks_",
 ]

@@ -23,7 +23,7 @@ contract over.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +126,24 @@ def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 # The layers ---------------------------------------------------------------------------------------
 
-def _init_sparsity(layer: nn.Linear, n: int, m: int, kernel: str) -> None:
+class NMSparse:
+    """Marks a Linear that computes with an N:M-masked weight; `MaskSchedule` and `update_masks_` drive every such layer.
+
+    A layer of another package joins by subclassing it next to its Linear class, calling
+    `init_sparsity` when built, and computing with ``weight * mask`` (straight through: see
+    `masked_straight_through`); `sparsify_(..., builders=)` swaps it in. koi-kernels' sparse fp8
+    layer is one.
+    """
+
+    nm: tuple[int, int]  # keep nm[0] of every nm[1] weights along the input dimension
+    kernel: str  # one of KERNELS
+    active: bool  # a real N:M mask is set (until then the all-ones mask: dense)
+    sparse_kernel: bool  # the forward runs on the semi-structured sparse kernels
+    mask: torch.Tensor  # bool, the weight's shape; a buffer, so checkpoints carry it
+
+
+def init_sparsity(layer: nn.Linear, n: int, m: int, kernel: str) -> None:
+    """Give a new `NMSparse` layer its pattern, kernel choice and an all-ones mask buffer (dense until masks are set)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
     layer.nm, layer.kernel = (n, m), kernel
@@ -148,12 +165,8 @@ def switch_on(layer: nn.Linear) -> None:
     layer.sparse_kernel = layer.kernel == "semi_structured" and semi_structured_applies(layer.weight, *layer.nm)
 
 
-class SparseLinear(nn.Linear):
+class SparseLinear(nn.Linear, NMSparse):
     """A Linear computing with ``weight * mask`` (an N:M mask), its gradient straight through to the dense weight."""
-
-    nm: tuple[int, int]
-    kernel: str
-    active: bool
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, n: int = 2, m: int = 4, *, kernel: str = "auto") -> SparseLinear:
@@ -161,7 +174,7 @@ class SparseLinear(nn.Linear):
         nn.Module.__init__(new)
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight, new.bias = linear.weight, linear.bias  # the same Parameters: tying and optimizer state survive
-        _init_sparsity(new, n, m, kernel)
+        init_sparsity(new, n, m, kernel)
         return new
 
     def compute_weight(self) -> torch.Tensor:
@@ -174,12 +187,8 @@ class SparseLinear(nn.Linear):
         return f"{super().extra_repr()}, sparsity={self.nm[0]}:{self.nm[1]}, active={self.active}"
 
 
-class SparseQuantLinear(QuantLinear):
+class SparseQuantLinear(QuantLinear, NMSparse):
     """A QuantLinear whose quantized weight is N:M-masked: what a 2:4 int8/fp8 deployment computes with."""
-
-    nm: tuple[int, int]
-    kernel: str
-    active: bool
 
     @classmethod
     def from_quant_linear(cls, layer: QuantLinear, n: int = 2, m: int = 4, *, kernel: str = "auto") -> SparseQuantLinear:
@@ -188,7 +197,7 @@ class SparseQuantLinear(QuantLinear):
         new.in_features, new.out_features = layer.in_features, layer.out_features
         new.weight, new.bias, new.weight_scale = layer.weight, layer.bias, layer.weight_scale  # the same Parameters
         new.format, new.granularity, new.quantize_activations = layer.format, layer.granularity, layer.quantize_activations
-        _init_sparsity(new, n, m, kernel)
+        init_sparsity(new, n, m, kernel)
         return new
 
     def compute_weight(self) -> torch.Tensor:
@@ -204,7 +213,7 @@ class SparseQuantLinear(QuantLinear):
 
 
 def sparse_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, (SparseLinear, SparseQuantLinear))]
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, NMSparse)]
 
 
 def _decay_pruned(layer: nn.Linear, decay: float):
@@ -213,7 +222,11 @@ def _decay_pruned(layer: nn.Linear, decay: float):
     return hook
 
 
-def sparsify_(model: nn.Module, plan: Mapping[str, str], *, kernel: str = "auto", decay: float = 0.0) -> dict[str, list[str]]:
+SparseBuilder = Callable[[nn.Linear, int, int, str], nn.Linear]  # (layer, n, m, kernel) -> its NMSparse form
+
+
+def sparsify_(model: nn.Module, plan: Mapping[str, str], *, kernel: str = "auto", decay: float = 0.0,
+              builders: Mapping[type, SparseBuilder] | None = None) -> dict[str, list[str]]:
     """Swap, in place, each Linear whose name matches a plan pattern for an N:M sparse layer.
 
     ``plan`` maps fnmatch patterns to "2:4" (any "N:M") or "dense" (keep; first match wins, so a
@@ -222,8 +235,10 @@ def sparsify_(model: nn.Module, plan: Mapping[str, str], *, kernel: str = "auto"
     SR-STE's ``decay * weight`` to the gradient of each pruned weight, pulling pruned weights
     toward zero so masks settle. ``kernel``: "auto" or "masked" (the masked dense matmul, the
     faster path on the cards measured) or "semi_structured" (the forward on the sparse tensor cores
-    where they accept the layer). Returns pattern -> module names; a pattern that matches no Linear
-    is an error.
+    where they accept the layer). ``builders`` maps other Linear classes (exact type) to the
+    function that builds their `NMSparse` form, e.g. koi-kernels' ``{Fp8Linear:
+    SparseFp8Linear.from_fp8_linear}``. Returns pattern -> module names; a pattern that matches no
+    Linear is an error.
     """
     patterns = {pattern: (None if value == DENSE else parse_pattern(value)) for pattern, value in plan.items()}
     matched: dict[str, list[str]] = {pattern: [] for pattern in plan}
@@ -237,16 +252,19 @@ def sparsify_(model: nn.Module, plan: Mapping[str, str], *, kernel: str = "auto"
         if patterns[pattern] is None:
             continue
         n, m = patterns[pattern]
-        if isinstance(module, (SparseLinear, SparseQuantLinear)):
+        if isinstance(module, NMSparse):
             raise ValueError(f"{name} is already sparse ({module.nm[0]}:{module.nm[1]}); sparsify_ a model once")
         if module.in_features % m:
             raise ValueError(f"{name}: {module.in_features} inputs do not split into groups of {m}")
-        if type(module) is QuantLinear:
+        if builders and type(module) in builders:
+            new = builders[type(module)](module, n, m, kernel)
+        elif type(module) is QuantLinear:
             new = SparseQuantLinear.from_quant_linear(module, n, m, kernel=kernel)
         elif type(module) is nn.Linear:
             new = SparseLinear.from_linear(module, n, m, kernel=kernel)
         else:
-            raise ValueError(f"{name}: cannot sparsify a {type(module).__name__}; expected nn.Linear or QuantLinear")
+            known = ", ".join(["nn.Linear", "QuantLinear", *(t.__name__ for t in builders or {})])
+            raise ValueError(f"{name}: cannot sparsify a {type(module).__name__}; expected one of {known}")
         if decay > 0:
             new.weight.register_hook(_decay_pruned(new, decay))
         set_module(model, name, new)

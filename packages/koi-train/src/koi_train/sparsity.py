@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from koi_kernels import gathered_mlp_per_token
+from koi_kernels import Fp8Linear, SparseFp8Linear, gathered_mlp_per_token
 from koi_quant import LowRankPredictor, MaskSchedule, predictor_loss, sparsify_, top_mask, train_alongside
 
 from .config import ConfigError, PrecisionConfig, SparsityConfig
@@ -160,10 +160,12 @@ def apply_sparsity(model: nn.Module, cfg: SparsityConfig, precision: PrecisionCo
     lines: list[str] = []
     schedule = None
     if cfg.plan:
-        if precision.fp8_matmul:
-            raise ConfigError("", "sparsity.plan", "2:4 masks apply to fake-quantized weights; set precision.fp8_matmul to false")
-        try:
-            matched = sparsify_(model, cfg.plan, kernel=cfg.kernel, decay=cfg.decay)
+        if precision.fp8_matmul and cfg.kernel == "semi_structured":
+            raise ConfigError("", "sparsity.kernel", "layers on fp8 matmuls (precision.fp8_matmul) run 2:4 as masked dense fp8 "
+                              "matmuls; expected 'auto' or 'masked', got 'semi_structured'")
+        try:  # layers already on fp8 matmuls (the precision plan ran first) keep them, masked
+            matched = sparsify_(model, cfg.plan, kernel=cfg.kernel, decay=cfg.decay,
+                                builders={Fp8Linear: SparseFp8Linear.from_fp8_linear})
             schedule = MaskSchedule(cfg.dense_steps, cfg.recompute_every)
         except ValueError as exc:
             raise ConfigError("", "sparsity.plan", str(exc)) from None

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from koi_quant import NMSparse, init_sparsity, masked_straight_through
+
 from ..dispatch import use_triton
 from .fp8_formats import E4M3, TILE
 
@@ -176,3 +178,31 @@ class Fp8Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fp8_linear(x, self.weight, self.bias, scaling=self.scaling)
+
+
+class SparseFp8Linear(Fp8Linear, NMSparse):
+    """An Fp8Linear computing with an N:M-masked weight: 2:4 training on fp8 matmuls (koi-quant's `sparsify_` drives it).
+
+    The masked weight goes to fp8 like any other (a pruned zero stays zero), on the dense fp8
+    matmul: PyTorch's semi-structured kernels take no fp8 weights with these scales, and on the
+    cards measured its bf16 2:4 kernels ran slower than dense (koi-quant's sparsity module). The
+    gradient reaches the whole dense weight, straight through, as for koi-quant's sparse layers.
+    """
+
+    @classmethod
+    def from_fp8_linear(cls, layer: Fp8Linear, n: int = 2, m: int = 4, kernel: str = "auto") -> SparseFp8Linear:
+        if kernel == "semi_structured":
+            raise ValueError("fp8 matmuls with an N:M mask run as masked dense fp8 matmuls; "
+                             "expected kernel 'auto' or 'masked', got 'semi_structured'")
+        new = cls.from_linear(layer, layer.scaling)
+        init_sparsity(new, n, m, kernel)
+        return new
+
+    def compute_weight(self) -> torch.Tensor:
+        return masked_straight_through(self.weight, self.weight, self.mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fp8_linear(x, self.compute_weight(), self.bias, scaling=self.scaling)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scaling={self.scaling}, sparsity={self.nm[0]}:{self.nm[1]}, active={self.active}"
