@@ -107,6 +107,9 @@ KOI_SIDES = {
     "koi-remat-sparse24": {"remat": {"mode": "full"}, "sparsity": {"plan": {MLPS: "2:4"}}},  # 1558M: beside koi-remat
     "koi-sparse24-kernel": {"sparsity": {"plan": {MLPS: "2:4"}, "kernel": "semi_structured"}},
     "koi-sparse24-int8": {"precision": {"plan": {MLPS: "int8"}}, "sparsity": {"plan": {MLPS: "2:4"}}},
+    # 2:4 MLPs on fp8 matmuls (masked dense fp8): beside koi-fp8-fused, what the mask costs an fp8 step
+    "koi-fp8-fused-sparse24": {"precision": {"plan": {BLOCKS: "fp8"}, "fp8_matmul": True, "fp8_scaling": "row-fused"},
+                               "sparsity": {"plan": {MLPS: "2:4"}}},
     "koi-predictor": {"sparsity": {"activation_predictor": {"enabled": True}}},
 }
 REFERENCE_SIDES = {"reference": False, "reference-remat": True}
