@@ -182,6 +182,28 @@ def test_2_4_on_fp8_matmuls_trains_with_masked_fp8_layers(prepared, tmp_path):
     torch.testing.assert_close(exported, (mlp_layer.weight * mlp_layer.mask).detach())
 
 
+def test_eval_with_predicted_mlp_scores_and_decodes_on_the_predicted_neurons(prepared, tmp_path, capsys):
+    from koi_train.eval_command import main as eval_main
+
+    raw = tiny_config(prepared, tmp_path, train={"steps": 8}, sparsity={"activation_predictor": {"enabled": True, "keep_fraction": 0.25}})
+    Trainer(load_dict(raw), tmp_path / "run", log=lambda *_: None).fit()
+    reports = {}
+    for flags in ([], ["--predicted-mlp"]):
+        out = tmp_path / f"ppl{len(flags)}.json"
+        assert eval_main(["perplexity", "-m", str(tmp_path / "run"), prepared.val[0], "--device", "cpu", "--json", str(out), *flags]) == 0
+        reports[bool(flags)] = json.loads(out.read_text())
+    dense, sparse = reports[False]["perplexity"], reports[True]["perplexity"]
+    assert math.isfinite(sparse) and sparse > dense  # three quarters of every MLP's neurons skipped cost something
+    assert eval_main(["generate", "-m", str(tmp_path / "run"), "-t", prepared.tokenizer, "--max-tokens", "5",
+                      "--temperature", "0", "--device", "cpu", "--predicted-mlp"]) == 0
+    capsys.readouterr()
+
+    plain = tiny_config(prepared, tmp_path, name="plain", train={"steps": 2})
+    Trainer(load_dict(plain), tmp_path / "plain", log=lambda *_: None).fit()
+    assert eval_main(["perplexity", "-m", str(tmp_path / "plain"), prepared.val[0], "--device", "cpu", "--predicted-mlp"]) == 2
+    assert "sparsity.activation_predictor.enabled: --predicted-mlp needs a Koi run" in capsys.readouterr().err
+
+
 def test_sparsity_config_errors_name_the_key(prepared, tmp_path):
     bad = [("sparsity.plan", "matches no Linear", {"sparsity": {"plan": {"nothing.*": "2:4"}}}),
            ("sparsity.plan.*", "output head", {"sparsity": {"plan": {"*": "2:4"}}}),

@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output folder")
     p.add_argument("--expert", type=int, metavar="N", help="mixture runs: which expert (default: the best at the last eval)")
     p.set_defaults(run=cmd_export)
-    p = sub.add_parser("eval", add_help=False, help="koi-eval's perplexity, hellaswag and generate on a run or checkpoint")
+    p = sub.add_parser("eval", add_help=False, help="koi-eval's perplexity, hellaswag and generate on a run or checkpoint "
+                       "(--predicted-mlp: each MLP on its predicted neurons only, for runs trained with the activation predictor)")
     p.add_argument("eval_args", nargs=argparse.REMAINDER, help="e.g. perplexity -m runs/my-run val.bin (see koi-train eval --help)")
     p.set_defaults(run=cmd_eval)
     return parser
