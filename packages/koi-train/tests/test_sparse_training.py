@@ -13,7 +13,7 @@ from conftest import tiny_config
 from torch import nn
 
 from koi_kernels import Fp8Linear, SparseFp8Linear
-from koi_quant import SparseLinear
+from koi_quant import SparseLinear, quantize_
 from koi_train import ConfigError, Trainer, load_dict
 from koi_train.checkpoint import load_checkpoint
 from koi_train.models.gpt2 import MLP, GPT2Spec
@@ -68,7 +68,7 @@ def test_gathered_per_token_path_equals_the_masked_dense_path():
 
 
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "gpt2-int8", "llama"])
 def test_decoding_computes_each_tokens_predicted_neurons_and_follows_weight_changes(kernels, kind, monkeypatch):
     """Without gradients (decoding) the per-token path runs koi-kernels' gathered MLP, on cached down rows."""
     if kernels == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
@@ -78,6 +78,8 @@ def test_decoding_computes_each_tokens_predicted_neurons_and_follows_weight_chan
     torch.manual_seed(2)
     holder.mlp = _planted_mlp() if kind == "gpt2" else SwiGLU(LlamaSpec(n_layer=1, n_head=1, n_kv_head=1, n_embd=16,
                                                                          block_size=8, vocab_size=8, mlp_hidden=64))
+    if kind == "gpt2-int8":  # weights computed from latent ones: what decoding keeps must be recomputed when they change
+        quantize_(holder, {"mlp.*": "int8"})
     add_predictors(holder, keep_fraction=0.25, rank=8)
     block = holder.mlp.eval()
     block.use_predictor = True
@@ -85,11 +87,12 @@ def test_decoding_computes_each_tokens_predicted_neurons_and_follows_weight_chan
     down = getattr(block, block.down_name)
     x = torch.randn(1, 3, 16)
     with torch.no_grad():
-        for _ in range(2):
+        for changed in (down, ups[-1], None):
             keep = torch.zeros(1, 3, 64, dtype=torch.bool).scatter_(-1, block.predictor(x).topk(block.keep, -1).indices, True)
             want = down(block.hidden(*(u(x) for u in ups)) * keep)
             torch.testing.assert_close(block(x), want, rtol=1e-4, atol=1e-5)
-            down.weight.mul_(-2.0)  # as an optimizer step changes it in place: the cached rows must follow
+            if changed is not None:
+                changed.weight.mul_(-2.0)  # as an optimizer step changes it in place: the kept weights must follow
 
 
 def test_compiled_predicted_mlp_has_the_eager_gradients():

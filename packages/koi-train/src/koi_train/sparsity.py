@@ -46,7 +46,7 @@ class PredictedMLP(nn.Module):
         self.predictor = LowRankPredictor(up.in_features, self.hidden_size, rank, device=up.weight.device)
         self.use_predictor = False
         self.recalls: list[float] | None = None  # filled during a measured sparse evaluation
-        self._down_rows: tuple[tuple, torch.Tensor] | None = None  # (version of the down layer's tensors, its rows)
+        self._decode_weights: tuple[tuple, tuple[list[torch.Tensor], torch.Tensor]] | None = None  # (versions, weights)
 
     def hidden(self, *ups: torch.Tensor) -> torch.Tensor:
         if self.original is MLP:
@@ -72,24 +72,26 @@ class PredictedMLP(nn.Module):
             self.recalls.append(float((picked & true).sum() / true.sum()))
         if flat.shape[0] <= GATHER_MAX_TOKENS:
             index = scores.reshape(flat.shape[0], -1).topk(self.keep, dim=-1).indices  # (N, keep)
-            ups = [getattr(self, name) for name in self.up_names]
+            up_weights, down_rows = self.decode_weights()
             activation = "gelu_tanh" if self.original is MLP else "swiglu"
-            out = gathered_mlp_per_token(flat, [_weight(u) for u in ups], [u.bias for u in ups], self.down_rows(), down.bias,
-                                         index, activation)
+            out = gathered_mlp_per_token(flat, up_weights, [getattr(self, name).bias for name in self.up_names], down_rows,
+                                         down.bias, index, activation)
             return out.reshape(x.shape)
         return down(self.dense_hidden(x) * top_mask(scores, self.keep))
 
-    def down_rows(self) -> torch.Tensor:
-        """The down projection's weight transposed to (hidden, width), one row per neuron, kept until the layer changes.
+    def decode_weights(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The up weights and the down weight transposed to (hidden, width), as computed with, kept until a layer changes.
 
-        Decoding gathers a few rows of it per token; transposing per call would copy the whole
-        matrix to read a quarter of it.
+        Decoding gathers a few rows of each per token. Recomputing them per call would pass over
+        every whole matrix to read a quarter of it: the down weight's transpose is a copy, and a
+        masked or quantized layer's weight is computed from its latent one.
         """
-        down = getattr(self, self.down_name)
-        version = tuple((t.data_ptr(), t._version) for t in (*down.parameters(), *down.buffers()))
-        if self._down_rows is None or self._down_rows[0] != version:
-            self._down_rows = (version, _weight(down).detach().t().contiguous())
-        return self._down_rows[1]
+        layers = [getattr(self, name) for name in (*self.up_names, self.down_name)]
+        version = tuple((t.data_ptr(), t._version) for layer in layers for t in (*layer.parameters(), *layer.buffers()))
+        if self._decode_weights is None or self._decode_weights[0] != version:
+            ups = [_weight(layer).detach() for layer in layers[:-1]]
+            self._decode_weights = (version, (ups, _weight(layers[-1]).detach().t().contiguous()))
+        return self._decode_weights[1]
 
     def to_plain(self) -> nn.Module:
         """The model's own MLP class again, holding the same layers (the predictor dropped)."""
