@@ -30,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -268,7 +269,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
-    out = Path(os.environ.get("OUT", REPO / "bench" / "results"))
+    # a smoke check's rows are no results: they go to a temporary folder unless $OUT says otherwise
+    out = Path(os.environ.get("OUT") or (tempfile.mkdtemp(prefix="koi-sparsity-smoke-") if args.smoke else REPO / "bench" / "results"))
     out.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, {args.iters} timed calls per row (median)", flush=True)
