@@ -2,7 +2,7 @@
 # One lent-GPU session in one script: install what the machine lacks, then run the named stages,
 # each printing its rows as it goes and logging to $OUT (or bench/results) so a crash keeps them.
 #   bash bench/gpu_session.sh setup parity tests      # from the repo root, on a CUDA machine
-# Stages: setup, parity, probes, tests, train_tests, smoke, speed, profile, profile_lowmem, quality, mixture, mixture_large, sparsity. Offline machines need the wheels in .carry/whl (`bash bench/make_carry.sh` builds .carry)
+# Stages: setup, parity, probes, tests, train_tests, smoke, speed, profile, profile_lowmem, quality, mixture, mixture_large, scaling, sparsity. Offline machines need the wheels in .carry/whl (`bash bench/make_carry.sh` builds .carry)
 # (jsonschema and friends, hatchling and editables, nox, pytest-xdist and execnet) and ../shared/data copied to .carry/shared/data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -91,6 +91,13 @@ stage_mixture_large() {  # issue 24 at 1558M total: full depth against 2 and 4 e
 stage_profile_lowmem() {  # issue 21: where the 1558M low-memory step loses its time (about 8 minutes, three compiles)
   timeout "${KOI_PROFILE_TIMEOUT:-560}" python3 bench/profile_step.py --case 1558M-remat --side reference --side koi-remat \
     --side koi-lowmem --warmup 5 --steps 3 2>&1 | grep -v USDT | tee "$logs/profile_lowmem.log"
+}
+
+stage_scaling() {  # issue 20 on an x2 / x4: Koi's DDP job against the reference's DDP job, 1 / 2 / all GPUs (about 8 minutes at 124M)
+  # KOI_SCALING_CASE=1558M-remat KOI_SCALING_SIDES="reference-remat koi-remat-fsdp" for FSDP2 at 1558M
+  local sides="${KOI_SCALING_SIDES:-reference koi}"
+  timeout "${KOI_SCALING_TIMEOUT:-580}" python3 bench/scaling.py --case "${KOI_SCALING_CASE:-124M}" --steps "${KOI_SCALING_STEPS:-30}" \
+    $(printf -- "--side %s " $sides) 2>&1 | tee -a "$logs/scaling.log"
 }
 
 stage_sparsity() {  # issue 27: 2:4 matmuls, gathered MLPs, whole steps with sparse sides (about 6 minutes)
