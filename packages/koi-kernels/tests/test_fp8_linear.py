@@ -170,7 +170,7 @@ def test_sparse_fp8_layer_multiplies_the_masked_weight_and_trains_the_pruned_one
     masked = (weight.detach() * layer.mask).requires_grad_()
     y_ref = fp8_linear(x, masked, layer.bias, scaling=scaling)
     (dw_ref,) = torch.autograd.grad(y_ref, [masked], dy)
-    assert torch.equal(y, y_ref)
+    torch.testing.assert_close(y, y_ref)  # the masked weight's product (the unmasked one differs by O(1))
     torch.testing.assert_close(dw, dw_ref)
     assert dw[~layer.mask].abs().sum() > 0  # pruned weights still learn (straight through)
     assert "mask" in layer.state_dict()

@@ -70,25 +70,27 @@ def test_gathered_per_token_path_equals_the_masked_dense_path():
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
 @pytest.mark.parametrize("kind", ["gpt2", "gpt2-int8", "llama"])
 def test_decoding_computes_each_tokens_predicted_neurons_and_follows_weight_changes(kernels, kind, monkeypatch):
-    """Without gradients (decoding) the per-token path runs koi-kernels' gathered MLP, on cached down rows."""
-    if kernels == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    """Without gradients (decoding) the per-token path runs koi-kernels' gathered MLP on the weights it keeps."""
+    device = "cuda" if kernels == "triton" and torch.cuda.is_available() else "cpu"
+    if kernels == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the Triton kernel on a CPU needs TRITON_INTERPRET=1 (nox sets it)")
     monkeypatch.setenv("KOI_KERNELS", kernels)
     holder = nn.Module()
     torch.manual_seed(2)
-    holder.mlp = _planted_mlp() if kind == "gpt2" else SwiGLU(LlamaSpec(n_layer=1, n_head=1, n_kv_head=1, n_embd=16,
-                                                                         block_size=8, vocab_size=8, mlp_hidden=64))
+    holder.mlp = _planted_mlp() if kind.startswith("gpt2") else SwiGLU(LlamaSpec(n_layer=1, n_head=1, n_kv_head=1, n_embd=16,
+                                                                                  block_size=8, vocab_size=8, mlp_hidden=64))
     if kind == "gpt2-int8":  # weights computed from latent ones: what decoding keeps must be recomputed when they change
         quantize_(holder, {"mlp.*": "int8"})
     add_predictors(holder, keep_fraction=0.25, rank=8)
-    block = holder.mlp.eval()
+    block = holder.mlp.to(device).eval()
     block.use_predictor = True
     ups = [getattr(block, name) for name in block.up_names]
     down = getattr(block, block.down_name)
-    x = torch.randn(1, 3, 16)
+    x = torch.randn(1, 3, 16, device=device)
     with torch.no_grad():
         for changed in (down, ups[-1], None):
-            keep = torch.zeros(1, 3, 64, dtype=torch.bool).scatter_(-1, block.predictor(x).topk(block.keep, -1).indices, True)
+            index = block.predictor(x).topk(block.keep, -1).indices
+            keep = torch.zeros(1, 3, 64, dtype=torch.bool, device=device).scatter_(-1, index, True)
             want = down(block.hidden(*(u(x) for u in ups)) * keep)
             torch.testing.assert_close(block(x), want, rtol=1e-4, atol=1e-5)
             if changed is not None:
