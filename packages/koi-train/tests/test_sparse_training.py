@@ -75,7 +75,16 @@ def test_decoding_computes_each_tokens_predicted_neurons_and_follows_weight_chan
     if kernels == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the Triton kernel on a CPU needs TRITON_INTERPRET=1 (nox sets it)")
     monkeypatch.setenv("KOI_KERNELS", kernels)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # a CUDA run earlier in the process turns it on
+    # fp32 matmuls for the reference: a CUDA run earlier in the process leaves TF32 on
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        _decode_and_compare(kind, device)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _decode_and_compare(kind: str, device: str) -> None:
     holder = nn.Module()
     torch.manual_seed(2)
     holder.mlp = _planted_mlp() if kind.startswith("gpt2") else SwiGLU(LlamaSpec(n_layer=1, n_head=1, n_kv_head=1, n_embd=16,
