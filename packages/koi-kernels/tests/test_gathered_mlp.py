@@ -69,8 +69,9 @@ def test_each_token_uses_its_own_neurons(device):
 def test_all_neurons_kept_is_the_dense_mlp(device):
     x, ups, up_biases, down_rows, down_bias, _ = make_case(5, 72, 144, 144, "swiglu", False, torch.float32, device, seed=11)
     index = torch.randperm(144).expand(5, -1).contiguous().to(device)  # every neuron, in any order
-    dense = F.linear(F.silu(F.linear(x, ups[0])) * F.linear(x, ups[1]), down_rows.t())
-    torch.testing.assert_close(gathered_mlp_per_token(x, ups, up_biases, down_rows, down_bias, index, "swiglu"), dense,
+    x64, gate, up, down = (t.double() for t in (x, *ups, down_rows))
+    dense = F.linear(F.silu(F.linear(x64, gate)) * F.linear(x64, up), down.t())
+    torch.testing.assert_close(gathered_mlp_per_token(x, ups, up_biases, down_rows, down_bias, index, "swiglu").double(), dense,
                                atol=1e-4, rtol=1e-4)
 
 
