@@ -39,7 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from data_tokens import make_shards  # noqa: E402
-from train_throughput import CASES, SEED, koi_config, koi_initial_weights  # noqa: E402
+from train_throughput import CASES, ReferenceRun, koi_config, run_koi_config  # noqa: E402
 
 REFERENCE_SIDES = {"reference": False, "reference-remat": True}  # side -> checkpoint each block
 KOI_SIDES = {  # side -> (distributed strategy on several GPUs, extra config)
@@ -62,10 +62,6 @@ def torchrun(gpus: int) -> list[str]:
 def reference_worker(case: str, remat: bool, steps: int, shards: Path, smoke: bool) -> None:
     """One rank of the reference's job; rank 0 prints the job's row (the slowest rank's time)."""
     import torch.distributed as dist
-    from reference_gpt2 import ReferenceGPT2
-    from torch.nn.parallel import DistributedDataParallel
-
-    from koi_train.data import RandomWindows, open_shards
 
     cuda = not smoke
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -74,17 +70,7 @@ def reference_worker(case: str, remat: bool, steps: int, shards: Path, smoke: bo
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    layers, width, heads, batch, seq = CASES[case]
-    model = ReferenceGPT2(layers, width, heads, block=seq, remat=remat)
-    model.load_koi_weights(koi_initial_weights(case))
-    model.to(device)
-    wrapped = DistributedDataParallel(model, device_ids=[local] if cuda else None) if world > 1 else model
-    forward = torch.compile(wrapped) if cuda else wrapped
-    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=cuda)
-    train = open_shards([str(shards / "*_train_*.bin")], field="data.train", min_tokens=seq + 1)
-    batches = RandomWindows(train, block_size=seq, batch_size=batch, seed=SEED + rank, pin_memory=cuda)
+    reference = ReferenceRun(case, remat, shards, device=device, rank=rank, distributed=world > 1)
     for i in range(2 * steps):
         if i == steps:
             if cuda:
@@ -92,13 +78,7 @@ def reference_worker(case: str, remat: bool, steps: int, shards: Path, smoke: bo
                 torch.cuda.reset_peak_memory_stats()
             dist.barrier()
             start = time.perf_counter()
-        x, y = (t.to(device, non_blocking=True) for t in batches.next_batch())
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = forward(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = reference.step()
     if cuda:
         torch.cuda.synchronize()
     seconds = torch.tensor([time.perf_counter() - start])
@@ -106,7 +86,7 @@ def reference_worker(case: str, remat: bool, steps: int, shards: Path, smoke: bo
     dist.all_reduce(seconds, op=dist.ReduceOp.MAX)  # the job is as fast as its slowest rank
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     if rank == 0:
-        per_gpu = steps * batch * seq / float(seconds)
+        per_gpu = steps * reference.batch * reference.seq / float(seconds)
         print("ROW " + json.dumps({"tokens_per_s": per_gpu * world, "tokens_per_s_per_gpu": per_gpu, "peak_gib": float(peak),
                                    "loss": float(loss)}), flush=True)
     dist.destroy_process_group()
@@ -134,19 +114,9 @@ def run_koi(case: str, side: str, gpus: int, steps: int, shards: Path, work: Pat
         config["distributed"] = {"strategy": strategy if gpus > 1 else "none"}
         if smoke:
             config["train"].update(device="cpu", compile=False)
-        path = run_root / "config.json"
-        path.write_text(json.dumps(config))
-        command = [*torchrun(gpus), "-m", "koi_train", "run", str(path)] if gpus > 1 else \
-            [sys.executable, "-m", "koi_train", "run", str(path)]
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **ENV})
-        metrics = run_root / side / "metrics.jsonl"
-        records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-        timed = [r for r in records if r.get("kind") == "train" and r["step"] == 2 * steps]
-        if done.returncode != 0 or not timed:
-            raise RuntimeError(" | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])[-400:])
+        row, _ = run_koi_config(config, run_root, torchrun(gpus) if gpus > 1 else [sys.executable], steps, ENV)
     finally:
         shutil.rmtree(run_root, ignore_errors=True)
-    row = timed[0]  # log_every is --steps: this record covers the timed steps alone
     return {"tokens_per_s": row["tokens_per_s"], "tokens_per_s_per_gpu": row.get("tokens_per_s_per_device", row["tokens_per_s"]),
             "peak_gib": row.get("peak_memory_gib") or 0.0, "loss": row["loss"]}
 

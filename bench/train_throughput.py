@@ -145,6 +145,23 @@ def koi_config(case: str, steps: int, shards: Path, out_dir: Path, side: str) ->
     return config
 
 
+def run_koi_config(config: dict, run_root: Path, launch: list[str], steps: int, env: dict[str, str]) -> tuple[dict, list[dict]]:
+    """`koi-train run` of ``config`` in ``run_root``, started by ``launch`` (python, or torchrun's command): the
+    record of the last timed step (log_every is ``steps``: its loss_mean is the timed steps' mean) and every record."""
+    path = run_root / f"{config['name']}.json"
+    path.write_text(json.dumps(config))
+    log = run_root / f"{config['name']}.log"
+    with log.open("w") as out:
+        code = subprocess.run([*launch, "-m", "koi_train", "run", str(path)], stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, **env}).returncode
+    metrics = run_root / config["name"] / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    timed = [r for r in records if r.get("kind") == "train" and r["step"] == 2 * steps]
+    if code != 0 or not timed:
+        raise RuntimeError(" | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-400:])
+    return timed[0], records
+
+
 def run_koi(case: str, side: str, steps: int, work: Path) -> dict:
     """One `koi-train run`; tok/s and peak memory from its metrics record over the timed steps."""
     shards = work / "shards"
@@ -154,21 +171,10 @@ def run_koi(case: str, side: str, steps: int, work: Path) -> dict:
     # run and read its old metrics), and removing it after keeps a long session's disk free.
     run_root = Path(tempfile.mkdtemp(dir=work, prefix=f"{side}-"))
     try:
-        config = koi_config(case, steps, shards, run_root, side)
-        path = run_root / f"{side}.json"
-        path.write_text(json.dumps(config))
-        log = run_root / f"{side}.log"
-        with log.open("w") as out:
-            code = subprocess.run([sys.executable, "-m", "koi_train", "run", str(path)], stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "NCCL_NVLS_ENABLE": "0"}).returncode
-        metrics = run_root / side / "metrics.jsonl"
-        records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-        timed = [r for r in records if r.get("kind") == "train" and r["step"] == 2 * steps]
-        if code != 0 or not timed:
-            raise RuntimeError(" | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-400:])
+        row, records = run_koi_config(koi_config(case, steps, shards, run_root, side), run_root, [sys.executable], steps,
+                                      {"NCCL_NVLS_ENABLE": "0"})
     finally:
         shutil.rmtree(run_root, ignore_errors=True)
-    row = timed[0]  # log_every is --steps: its loss_mean is the mean over the timed steps
     estimate = next((r["total_gib"] for r in records if r.get("kind") == "memory_estimate"), None)
     # what the instability guard did (a rollback stepped in backward loses the steps since the newest snapshot)
     events = [f"{r['action']} at {r['step']} ({r['signal']})" for r in records if r.get("kind") == "instability"]
@@ -187,30 +193,41 @@ def koi_initial_weights(case: str) -> dict[str, torch.Tensor]:
 
 
 class ReferenceRun:
-    """TARGETS.md's plain reference, set up once: ``step(i)`` trains on the i-th batch of real tokens."""
+    """TARGETS.md's plain reference, set up once: each ``step()`` trains on the next batch of real tokens.
 
-    def __init__(self, case: str, remat: bool, shards: Path) -> None:
+    On CUDA: compiled, bf16 autocast, fused AdamW, TF32. ``distributed``: one rank of a torchrun
+    job, the model wrapped in DDP before compiling (what a user writes), its own windows per rank.
+    Off CUDA (a check of a bench script) eager fp32.
+    """
+
+    def __init__(self, case: str, remat: bool, shards: Path, *, device: torch.device | None = None, rank: int = 0,
+                 distributed: bool = False) -> None:
         from reference_gpt2 import ReferenceGPT2
+        from torch.nn.parallel import DistributedDataParallel
 
         from koi_train.data import RandomWindows, open_shards
 
+        self.device = device if device is not None else torch.device("cuda")
+        cuda = self.device.type == "cuda"
         layers, width, heads, self.batch, self.seq = CASES[case]
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(SEED)
         self.model = ReferenceGPT2(layers, width, heads, block=self.seq, remat=remat)
         self.model.load_koi_weights(koi_initial_weights(case))
-        self.model.cuda()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-        self.compiled = torch.compile(self.model)
-        # the windows a Koi side trains on (koi_config), batch for batch
+        self.model.to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=cuda)
+        wrapped = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None) if distributed else self.model
+        self.forward = torch.compile(wrapped) if cuda else wrapped
+        # the windows a Koi side trains on (koi_config), batch for batch (rank 0; each other rank its own)
         train = open_shards([str(shards / "*_train_*.bin")], field="data.train", min_tokens=self.seq + 1)
-        self.batches = RandomWindows(train, block_size=self.seq, batch_size=self.batch, seed=SEED, pin_memory=True)
+        self.batches = RandomWindows(train, block_size=self.seq, batch_size=self.batch, seed=SEED + rank, pin_memory=cuda)
 
     def step(self) -> torch.Tensor:
-        x, y = (t.cuda(non_blocking=True) for t in self.batches.next_batch())
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = self.compiled(x, y)
+        x, y = (t.to(self.device, non_blocking=True) for t in self.batches.next_batch())
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.forward(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
