@@ -208,9 +208,10 @@ def decode_row(label: str, keep: float, block: Callable[[], torch.Tensor], graph
     return f"{label}{keep:>8.2f}{ms:>10.4f}{dense_ms / ms:>8.2f}x", ms
 
 
-def decode_rows(table: Table, label: str, record: dict, args: tuple, hidden: int, device: torch.device, iters: int) -> None:
-    x, up, up_b, down, down_b = args
-    down_rows = down.t().contiguous()
+def decode_rows(table: Table, label: str, record: dict, args: tuple, down_rows: torch.Tensor, device: torch.device,
+                iters: int) -> None:
+    x, up, up_b, _, down_b = args
+    hidden = down_rows.shape[0]
     predictor = LowRankPredictor(x.shape[1], hidden, PREDICTOR_RANK, device=device, dtype=x.dtype)
     for mode in ("eager", "cuda graph"):
         row_label = f"{label}{'decode block, ' + mode:<28}"
@@ -248,7 +249,7 @@ def gather_rows(table: Table, shapes: dict, device: torch.device, iters: int) ->
             for keep in KEEP_FRACTIONS:
                 attempt(table, label, {**record, "side": "fused", "keep": keep}, fused, label, keep, args, down_rows, indices[keep],
                         dense_ms, device, iters)
-            decode_rows(table, f"{model:<7}{count:>7}  {mode:<16}", record, args, hidden, device, iters)
+            decode_rows(table, f"{model:<7}{count:>7}  {mode:<16}", record, args, down_rows, device, iters)
 
 
 def step_rows(steps: int) -> None:

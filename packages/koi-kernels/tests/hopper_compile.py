@@ -38,9 +38,10 @@ def _argument_type(value) -> str:
 
 def record_launch(fn, args: tuple, kwargs: dict) -> None:
     """Remember one interpreter launch of ``fn`` (the kernel's Python function) in compilable form."""
-    parameters = inspect.signature(fn).parameters
+    signature_of_fn = inspect.signature(fn)
+    parameters = signature_of_fn.parameters
     options = {k: v for k, v in kwargs.items() if k in LAUNCH_OPTIONS}
-    bound = inspect.signature(fn).bind(*args, **{k: v for k, v in kwargs.items() if k not in LAUNCH_OPTIONS})
+    bound = signature_of_fn.bind(*args, **{k: v for k, v in kwargs.items() if k not in LAUNCH_OPTIONS})
     bound.apply_defaults()
     signature, constants = {}, {}
     for name, value in bound.arguments.items():

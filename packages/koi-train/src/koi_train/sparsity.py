@@ -36,6 +36,7 @@ class PredictedMLP(nn.Module):
     def __init__(self, mlp: nn.Module, keep_fraction: float, rank: int) -> None:
         super().__init__()
         self.original = type(mlp)
+        self.activation = "gelu_tanh" if isinstance(mlp, MLP) else "swiglu"  # koi-kernels' name for the hidden function
         self.up_names = ("c_fc",) if isinstance(mlp, MLP) else ("gate_proj", "up_proj")
         self.down_name = "c_proj" if isinstance(mlp, MLP) else "down_proj"
         for name in (*self.up_names, self.down_name):
@@ -49,7 +50,7 @@ class PredictedMLP(nn.Module):
         self._decode_weights: tuple[tuple, tuple[list[torch.Tensor], torch.Tensor]] | None = None  # (versions, weights)
 
     def hidden(self, *ups: torch.Tensor) -> torch.Tensor:
-        if self.original is MLP:
+        if self.activation == "gelu_tanh":
             return F.gelu(ups[0], approximate="tanh")
         return F.silu(ups[0]) * ups[1]
 
@@ -73,9 +74,8 @@ class PredictedMLP(nn.Module):
         if flat.shape[0] <= GATHER_MAX_TOKENS:
             index = scores.reshape(flat.shape[0], -1).topk(self.keep, dim=-1).indices  # (N, keep)
             up_weights, down_rows = self.decode_weights()
-            activation = "gelu_tanh" if self.original is MLP else "swiglu"
             out = gathered_mlp_per_token(flat, up_weights, [getattr(self, name).bias for name in self.up_names], down_rows,
-                                         down.bias, index, activation)
+                                         down.bias, index, self.activation)
             return out.reshape(x.shape)
         return down(self.dense_hidden(x) * top_mask(scores, self.keep))
 
